@@ -1,0 +1,87 @@
+"""Timing helpers for the benchmarks: ratios against a reference measured in the same run.
+
+A benchmark module ``bench_*.py`` defines ``rows(quick: bool) -> Iterable[Row]``. Each row
+times a case and its reference side by side (interleaved, so a noisy neighbour slows both) and
+reports the ratio, which is what the targets are about; absolute times only describe this run.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Row:
+    group: str
+    case: str
+    reference: str
+    case_s: float
+    reference_s: float
+    target: float | None = None  # the ratio to stay under, if the issue sets one
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.case_s / self.reference_s
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "report"
+        return "ok" if self.ratio <= self.target else "OVER"
+
+
+def compare(
+    case: Callable[[], object],
+    reference: Callable[[], object],
+    *,
+    rounds: int = 15,
+    min_round_s: float = 0.02,
+) -> tuple[float, float]:
+    """Median seconds per call of ``case`` and ``reference``, measured alternately.
+
+    Each round times a loop long enough (``min_round_s``) for the clock to be precise; the
+    rounds alternate between the two so both see the same machine load.
+    """
+    case(), reference()  # warm up caches, lazy imports, allocator pools
+    loops = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(loops):
+            reference()
+        if time.perf_counter() - start >= min_round_s or loops >= 1 << 16:
+            break
+        loops *= 2
+    case_times, reference_times = [], []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for fn, times in ((case, case_times), (reference, reference_times)):
+                start = time.perf_counter()
+                for _ in range(loops):
+                    fn()
+                times.append((time.perf_counter() - start) / loops)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return statistics.median(case_times), statistics.median(reference_times)
+
+
+def format_rows(rows: list[Row]) -> str:
+    """A Markdown table of rows, as pasted into docs/performance.md."""
+    header = "| group | case | reference | case ms | reference ms | ratio | target | |"
+    lines = [header, "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        target = f"<= {row.target:.2f}x" if row.target is not None else ""
+        notes = "; ".join(row.notes)
+        lines.append(
+            f"| {row.group} | {row.case} | {row.reference} | {row.case_s * 1e3:.3f} | "
+            f"{row.reference_s * 1e3:.3f} | {row.ratio:.2f}x | {target} | {row.verdict}"
+            f"{' (' + notes + ')' if notes else ''} |"
+        )
+    return "\n".join(lines)

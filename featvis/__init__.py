@@ -1,0 +1,78 @@
+"""featvis: see what a convolutional network has learned, on any framework.
+
+>>> import featvis
+>>> backend = featvis.load(model)                      # doctest: +SKIP
+>>> print(featvis.layer_table(backend))                # doctest: +SKIP
+>>> act = backend.activations("face.jpg", "conv1")     # doctest: +SKIP
+>>> featvis.montage(act, grid=(8, 12)).save("conv1.png")  # doctest: +SKIP
+"""
+
+from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
+from featvis._errors import (
+    AmbiguousLayerError,
+    ArgumentError,
+    BackendNotFoundError,
+    FeatvisError,
+    ImageError,
+    LayoutError,
+    MissingDependencyError,
+    ModelError,
+    PluginError,
+    UnknownLayerError,
+)
+from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
+from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
+from featvis._version import __version__
+from featvis.hookspecs import hookimpl
+from featvis.plugins import BackendSpec, FeatvisPluginWarning, list_backends, load
+from featvis.render import (
+    Picture,
+    montage,
+    normalize,
+    overlay,
+    pair,
+    resize,
+    strongest_channel,
+    top_channels,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KINDS",
+    "AmbiguousLayerError",
+    "ArgumentError",
+    "Backend",
+    "BackendBase",
+    "BackendNotFoundError",
+    "BackendSpec",
+    "FeatvisError",
+    "FeatvisPluginWarning",
+    "ImageError",
+    "Layer",
+    "LayerKey",
+    "LayerTable",
+    "LayoutError",
+    "MissingDependencyError",
+    "ModelError",
+    "Picture",
+    "PluginError",
+    "Preprocess",
+    "UnknownLayerError",
+    "__version__",
+    "as_nchw",
+    "hookimpl",
+    "layer_table",
+    "list_backends",
+    "load",
+    "montage",
+    "normalize",
+    "number_layers",
+    "overlay",
+    "pair",
+    "prepare_images",
+    "read_image",
+    "resize",
+    "strongest_channel",
+    "top_channels",
+]

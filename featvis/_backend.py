@@ -1,0 +1,280 @@
+"""The Backend protocol, and BackendBase: what every backend shares (names, batching, results)."""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol, overload, runtime_checkable
+
+import numpy as np
+
+from featvis._errors import ArgumentError
+from featvis._images import Images, Preprocess, prepare_images
+from featvis._layers import Layer, LayerIndex
+
+__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
+
+#: A layer is named by its backend-native name, its alias, or the :class:`Layer` itself.
+LayerKey = str | Layer
+
+#: Images per forward pass when the caller does not choose.
+DEFAULT_BATCH_SIZE = 32
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What featvis needs from a framework: its layers, and their activations for images.
+
+    Every built-in and third-party backend satisfies this protocol; subclassing
+    :class:`BackendBase` is the easy way to do so.
+    """
+
+    def layers(self) -> list[Layer]:
+        """The model's layers in execution order, numbered and aliased by :func:`number_layers`."""
+        ...
+
+    def activations(
+        self,
+        images: Images,
+        layers: LayerKey | Sequence[LayerKey],
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Activations of ``layers`` for ``images``.
+
+        One layer gives one ``(N, C, H, W)`` float32 array; a list of layers gives a dict keyed
+        by the names as given, in the order asked. A non-spatial output of shape ``(N, C)`` comes
+        back as ``(N, C, 1, 1)``.
+        """
+        ...
+
+
+def as_nchw(array: np.ndarray) -> np.ndarray:
+    """Give an output with a leading batch dimension the NCHW shape featvis works in.
+
+    The rule: ``(N,)`` becomes ``(N, 1, 1, 1)``; ``(N, C)`` becomes ``(N, C, 1, 1)`` (as MATLAB's
+    ``'OutputAs','channels'``); ``(N, C, L)`` becomes ``(N, C, 1, L)``; ``(N, C, H, W)`` stays;
+    more than four dimensions fold the extra ones into H: ``(N, C, D, H, W)`` becomes
+    ``(N, C, D*H, W)``. The result is C-contiguous float32 (a copy only when needed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import as_nchw
+    >>> as_nchw(np.zeros((2, 10))).shape
+    (2, 10, 1, 1)
+    """
+    if array.ndim == 0:
+        raise ArgumentError("A layer output needs a batch dimension; got a scalar.")
+    if array.ndim == 1:
+        array = array[:, None, None, None]
+    elif array.ndim == 2:
+        array = array[:, :, None, None]
+    elif array.ndim == 3:
+        array = array[:, :, None, :]
+    elif array.ndim > 4:
+        array = array.reshape(*array.shape[:2], -1, array.shape[-1])
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class BackendBase(ABC):
+    """A base for backends: name resolution, batching and result assembly are done here.
+
+    A subclass sets :attr:`name`, implements :meth:`_list_layers` and :meth:`_run`, and may
+    override :meth:`_prepare` to accept framework tensors.
+
+    Parameters
+    ----------
+    preprocess : Preprocess or None
+        How images become model input; ``None`` takes :meth:`default_preprocess`.
+    """
+
+    #: The backend's registered name, e.g. ``"torch"``.
+    name: str = "base"
+
+    def __init__(self, *, preprocess: Preprocess | None = None) -> None:
+        if preprocess is not None and not isinstance(preprocess, Preprocess):
+            raise ArgumentError(
+                f"preprocess must be a featvis.Preprocess, not {type(preprocess).__name__}."
+            )
+        self.preprocess = preprocess if preprocess is not None else self.default_preprocess()
+        self._index: LayerIndex | None = None
+
+    # -- for subclasses ------------------------------------------------------------------------
+
+    def default_preprocess(self) -> Preprocess:
+        """The preprocessing used when none is given: 224x224, ImageNet mean and std."""
+        return Preprocess()
+
+    @abstractmethod
+    def _list_layers(self) -> list[Layer]:
+        """The model's layers, numbered by :func:`featvis.number_layers`. Called once."""
+
+    @abstractmethod
+    def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray]:
+        """Run one batch and return the outputs of ``layers`` (distinct), in that order.
+
+        Each output must be an ``(N, C, H, W)`` float32 array that the caller may keep: a copy
+        the model will not overwrite. :func:`as_nchw` applies the shared shape rule.
+        """
+
+    def _prepare(self, images: Any) -> Any:
+        """Images -> a batch :meth:`_run` takes (sliceable, with ``len``). NCHW float32 here."""
+        return prepare_images(images, self.preprocess)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def layers(self) -> list[Layer]:
+        """The model's layers in execution order."""
+        return list(self._layer_index().layers)
+
+    def layer(self, key: LayerKey) -> Layer:
+        """The layer named ``key`` (name or alias); :class:`UnknownLayerError` if there is none."""
+        return self._layer_index().resolve(key)
+
+    def _layer_index(self) -> LayerIndex:
+        if self._index is None:
+            self._index = LayerIndex(self._list_layers())
+        return self._index
+
+    @overload
+    def activations(
+        self,
+        images: Images,
+        layers: LayerKey,
+        *,
+        batch_size: int | None = ...,
+        progress: bool | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def activations(
+        self,
+        images: Images,
+        layers: Sequence[LayerKey],
+        *,
+        batch_size: int | None = ...,
+        progress: bool | None = ...,
+    ) -> dict[str, np.ndarray]: ...
+
+    def activations(
+        self,
+        images: Images,
+        layers: LayerKey | Sequence[LayerKey],
+        *,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Activations of one or more layers for one or more images.
+
+        Parameters
+        ----------
+        images : image, list of images, or ndarray of shape (N, C, H, W)
+            Files, PIL images or ``(H, W[, C])`` arrays are prepared with :attr:`preprocess`;
+            a 4-D float array (or a backend's own tensor type) is used as it is.
+        layers : str, Layer, or sequence of them
+            Names or aliases (``"features.0"`` or ``"conv1"``).
+        batch_size : int, optional
+            Images per forward pass (default 32). Results do not depend on it.
+        progress : bool, optional
+            Show a progress bar; by default only when there are several batches and stderr
+            is a terminal.
+
+        Returns
+        -------
+        ndarray, shape (N, C, H, W), float32, or dict of str to ndarray
+            One array for one layer. For a sequence, a dict keyed by the names as given, in the
+            order given (a layer asked twice, by name and by alias, appears under both keys).
+
+        Raises
+        ------
+        UnknownLayerError
+            Before any work is done, for a name that is not a layer.
+        ImageError
+            For an image that cannot be read.
+        """
+        single = isinstance(layers, (str, Layer))
+        keys: list[LayerKey] = [layers] if single else list(layers)  # type: ignore[list-item]
+        if not keys:
+            raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        index = self._layer_index()
+        resolved = [index.resolve(key) for key in keys]
+        distinct = list({layer.name: layer for layer in resolved}.values())
+
+        batch = self._prepare(images)
+        outputs = self._run_batches(batch, distinct, batch_size or DEFAULT_BATCH_SIZE, progress)
+
+        by_name = dict(zip((layer.name for layer in distinct), outputs))
+        if single:
+            return by_name[resolved[0].name]
+        result: dict[str, np.ndarray] = {}
+        for key, layer in zip(keys, resolved):
+            result[key.name if isinstance(key, Layer) else key] = by_name[layer.name]
+        return result
+
+    def _run_batches(
+        self, batch: Any, layers: list[Layer], batch_size: int, progress: bool | None
+    ) -> list[np.ndarray]:
+        total = len(batch)
+        if total <= batch_size:
+            return self._checked_run(batch, layers)
+        bar = _progress_bar(total, progress)
+        results: list[np.ndarray] = []
+        try:
+            for start in range(0, total, batch_size):
+                part = self._checked_run(batch[start : start + batch_size], layers)
+                if not results:
+                    results = [np.empty((total, *out.shape[1:]), np.float32) for out in part]
+                for full, out in zip(results, part):
+                    full[start : start + len(out)] = out
+                if bar is not None:
+                    bar.update(len(part[0]))
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def _checked_run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray]:
+        outputs = self._run(batch, layers)
+        if len(outputs) != len(layers):
+            raise RuntimeError(
+                f"{type(self).__name__}._run returned {len(outputs)} arrays for {len(layers)} "
+                "layers (a bug in the backend)."
+            )
+        for layer, out in zip(layers, outputs):
+            if not (
+                isinstance(out, np.ndarray)
+                and out.ndim == 4
+                and out.dtype == np.float32
+                and len(out) == len(batch)
+            ):
+                raise RuntimeError(
+                    f"{type(self).__name__}._run returned {type(out).__name__} "
+                    f"{getattr(out, 'shape', '')} {getattr(out, 'dtype', '')} for layer "
+                    f"{layer.name!r}; expected an (N, C, H, W) float32 array with "
+                    f"N={len(batch)} (a bug in the backend)."
+                )
+        return outputs
+
+    def __repr__(self) -> str:
+        count = f"{len(self._index)} layers" if self._index is not None else "layers not listed yet"
+        return f"<{type(self).__name__} {self.name!r}: {count}>"
+
+
+def _progress_bar(total: int, progress: bool | None) -> Any:
+    if progress is False:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm hides itself when stderr is not a terminal.
+    return tqdm(
+        total=total,
+        unit="img",
+        desc="activations",
+        disable=None if progress is None else False,
+        file=sys.stderr,
+        leave=False,
+    )

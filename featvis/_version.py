@@ -1,0 +1,6 @@
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("featvis")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -1,0 +1,41 @@
+"""The hooks a featvis plugin implements, and the markers to implement them with.
+
+A plugin is a module (or object) with functions marked ``@featvis.hookimpl``, named after a hook
+below, declared under the entry-point group ``featvis`` in the plugin's ``pyproject.toml``::
+
+    [project.entry-points.featvis]
+    mybackend = "featvis_mybackend"
+
+Hooks are called with keyword arguments, so an implementation may take fewer arguments than the
+spec; hooks only ever gain arguments. See docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from featvis.plugins import BackendSpec
+
+__all__ = ["hookimpl", "hookspec", "register_backends"]
+
+hookspec = pluggy.HookspecMarker("featvis")
+hookimpl = pluggy.HookimplMarker("featvis")
+
+
+@hookspec
+def register_backends(register: Callable[[BackendSpec], None]) -> None:
+    """Register the backends this plugin provides.
+
+    Call ``register(BackendSpec(...))`` once per backend. Registering must be cheap and must not
+    import a framework: ``BackendSpec.accepts`` decides from ``sys.modules`` and the model's
+    type, and ``BackendSpec.load`` imports the framework when a backend is actually built.
+
+    Parameters
+    ----------
+    register : callable
+        Takes one :class:`featvis.BackendSpec`.
+    """

@@ -1,0 +1,240 @@
+"""Plugin discovery: one pluggy PluginManager, the ``featvis`` entry points, and backend lookup.
+
+Entry points are loaded lazily, the first time backends are listed or a model is loaded, and
+only once. A plugin that fails to import is skipped with a :class:`FeatvisPluginWarning` that
+names it; set the environment variable ``FEATVIS_STRICT_PLUGINS=1`` to make that an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from featvis import hookspecs
+from featvis._backend import Backend
+from featvis._errors import BackendNotFoundError, PluginError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "STRICT_ENV",
+    "BackendSpec",
+    "FeatvisPluginWarning",
+    "list_backends",
+    "load",
+    "load_plugins",
+    "pm",
+]
+
+ENTRY_POINT_GROUP = "featvis"
+STRICT_ENV = "FEATVIS_STRICT_PLUGINS"
+
+pm = pluggy.PluginManager("featvis")
+pm.add_hookspecs(hookspecs)
+
+_lock = threading.Lock()
+_loaded = False
+
+
+class FeatvisPluginWarning(UserWarning):
+    """A plugin failed to load or misbehaved; featvis carries on without it."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as a plugin registers it.
+
+    Parameters
+    ----------
+    name : str
+        Short unique name, used as ``featvis.load(model, backend=name)``.
+    accepts : callable
+        ``accepts(model) -> bool``: whether this backend can inspect ``model``. It must be cheap
+        and must never import a framework the user has not imported (test ``sys.modules``).
+    load : callable
+        ``load(model, **options) -> Backend``. This is where the framework is imported.
+    description : str
+        What the backend accepts, for people: ``"torch.nn.Module"``.
+    requires : tuple of str
+        Top-level modules the backend needs (``("torch",)``); used to say whether it is usable.
+    extra : str or None
+        The pip requirement that installs what it needs: ``"featvis[torch]"``.
+    priority : int
+        When several backends accept a model, the highest priority wins (then the first
+        registered). Built-in backends use 0.
+    """
+
+    name: str
+    accepts: Callable[[Any], bool]
+    load: Callable[..., Backend]
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    priority: int = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether the modules in :attr:`requires` are installed (found without importing)."""
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
+
+    def summary(self) -> str:
+        """One line: name, what it accepts, and whether it is usable or how to make it so."""
+        state = (
+            "ready"
+            if self.available
+            else "missing "
+            + ", ".join(m for m in self.requires if importlib.util.find_spec(m) is None)
+        )
+        install = f"; pip install '{self.extra}'" if self.extra and not self.available else ""
+        return f"{self.name} ({self.description or 'no description'}; {state}{install})"
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _plugin_failed(message: str, exc: BaseException) -> None:
+    if _strict():
+        raise PluginError(f"{message} ({STRICT_ENV} is set)") from exc
+    warnings.warn(f"{message}; featvis carries on without it.", FeatvisPluginWarning, stacklevel=3)
+
+
+def _describe(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    origin = f" from {dist.name} {dist.version}" if dist is not None else ""
+    return f"featvis plugin {ep.name!r} ({ep.value}{origin})"
+
+
+def load_plugins() -> None:
+    """Load the ``featvis`` entry points once. Safe to call any number of times."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                _plugin_failed(f"{_describe(ep)} failed to load: {type(exc).__name__}: {exc}", exc)
+
+
+def _backends() -> list[BackendSpec]:
+    """Every registered backend, one per name, highest priority first."""
+    load_plugins()
+    specs: dict[str, BackendSpec] = {}
+    for impl in pm.hook.register_backends.get_hookimpls():
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        found: list[BackendSpec] = []
+
+        def register(spec: BackendSpec, _found: list[BackendSpec] = found) -> None:
+            if not isinstance(spec, BackendSpec):
+                raise TypeError(
+                    f"register() takes a featvis.BackendSpec, not {type(spec).__name__}"
+                )
+            _found.append(spec)
+
+        try:
+            impl.function(**dict.fromkeys(impl.argnames, register))
+        except Exception as exc:
+            _plugin_failed(
+                f"featvis plugin {plugin_name!r} failed in register_backends: "
+                f"{type(exc).__name__}: {exc}",
+                exc,
+            )
+            continue
+        for spec in found:
+            if spec.name in specs:
+                warnings.warn(
+                    f"featvis plugin {plugin_name!r} registers a backend named {spec.name!r}, "
+                    "which another plugin already registered; the first one is kept.",
+                    FeatvisPluginWarning,
+                    stacklevel=3,
+                )
+                continue
+            specs[spec.name] = spec
+    # get_hookimpls() is in registration order; sorted() is stable.
+    return sorted(specs.values(), key=lambda spec: -spec.priority)
+
+
+def list_backends() -> list[BackendSpec]:
+    """The installed backends, in the order :func:`load` tries them.
+
+    Examples
+    --------
+    >>> import featvis
+    >>> [spec.name for spec in featvis.list_backends()]  # doctest: +SKIP
+    ['torch', 'onnx']
+    >>> print(featvis.list_backends()[0].summary())  # doctest: +SKIP
+    torch (torch.nn.Module; ready)
+    """
+    return _backends()
+
+
+def _accepts(spec: BackendSpec, model: Any) -> bool:
+    try:
+        return bool(spec.accepts(model))
+    except Exception as exc:
+        _plugin_failed(
+            f"featvis backend {spec.name!r} raised in accepts(): {type(exc).__name__}: {exc}", exc
+        )
+        return False
+
+
+def _listing(specs: list[BackendSpec]) -> str:
+    if not specs:
+        return "No backends are installed (reinstall featvis: pip install 'featvis[all]')."
+    return "Installed backends: " + "; ".join(spec.summary() for spec in specs) + "."
+
+
+def load(model: Any, *, backend: str | None = None, **options: Any) -> Backend:
+    """A backend for ``model``, from the installed plugin that accepts it (or the one named).
+
+    Parameters
+    ----------
+    model : object
+        Anything an installed backend accepts: a ``torch.nn.Module``, a path to an ``.onnx``
+        file, ... A :class:`Backend` is returned as it is (when no options are given).
+    backend : str, optional
+        Use this backend instead of detecting one.
+    **options
+        Passed to the backend, e.g. ``preprocess=featvis.Preprocess(...)``.
+
+    Returns
+    -------
+    Backend
+
+    Raises
+    ------
+    BackendNotFoundError
+        No installed backend accepts ``model``, or none is named ``backend``. The message lists
+        the installed backends, what each accepts, and what to install for a missing one.
+    MissingDependencyError
+        The chosen backend's framework is not installed.
+    """
+    if backend is None and not options and isinstance(model, Backend):
+        return model
+    specs = _backends()
+    if backend is not None:
+        for spec in specs:
+            if spec.name == backend:
+                return spec.load(model, **options)
+        raise BackendNotFoundError(f"No backend named {backend!r}. {_listing(specs)}")
+    for spec in specs:
+        if _accepts(spec, model):
+            return spec.load(model, **options)
+    kind = type(model).__module__ + "." + type(model).__qualname__
+    raise BackendNotFoundError(
+        f"No installed backend accepts a {kind}. {_listing(specs)} Other frameworks need a "
+        "third-party plugin (see docs/plugins.md), or pass backend='name' to force one."
+    )

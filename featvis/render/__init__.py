@@ -1,0 +1,26 @@
+"""Backend-independent rendering: pure functions over numpy arrays that return new arrays.
+
+Every function takes the activations first and options as keywords, never modifies its input,
+and handles constant, NaN and infinite values on purpose.
+"""
+
+from featvis.render._colormaps import COLORMAPS, colormap
+from featvis.render._montage import default_grid, montage, palette_for
+from featvis.render._normalize import normalize, strongest_channel, top_channels
+from featvis.render._pair import overlay, pair, resize
+from featvis.render._picture import Picture
+
+__all__ = [
+    "COLORMAPS",
+    "Picture",
+    "colormap",
+    "default_grid",
+    "montage",
+    "normalize",
+    "overlay",
+    "pair",
+    "palette_for",
+    "resize",
+    "strongest_channel",
+    "top_channels",
+]

@@ -1,0 +1,226 @@
+"""normalize (MATLAB's mat2gray and friends), and the channel scores behind strongest_channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from featvis._errors import ArgumentError
+
+__all__ = ["Scope", "normalize", "strongest_channel", "top_channels"]
+
+Scope = Literal["global", "channel"]
+#: Percentile clipping: ``p`` for ``(p, 100 - p)``, or ``(low, high)``.
+Clip = float | tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class _Range:
+    """``(a - low) * scale`` maps the range to [0, 1]; low/scale broadcast against ``a``."""
+
+    low: np.ndarray
+    scale: np.ndarray
+    finite: bool  # a held no NaN or infinity
+    clipped: bool  # values may fall outside the range (clip or limits)
+
+
+def _percentiles(clip: Clip) -> tuple[float, float]:
+    low, high = (clip, 100.0 - clip) if np.isscalar(clip) else clip  # type: ignore[misc]
+    if not 0.0 <= low < high <= 100.0:
+        raise ArgumentError(f"clip takes percentiles 0 <= low < high <= 100, got {clip!r}.")
+    return float(low), float(high)
+
+
+def _range(
+    a: np.ndarray, scope: str, clip: Clip = None, limits: tuple[float, float] | None = None
+) -> _Range:
+    """The normalization range of ``a``: over the whole array or per channel (last two axes)."""
+    if scope not in ("global", "channel"):
+        raise ArgumentError(f"scope must be 'global' or 'channel', got {scope!r}.")
+    if limits is not None and clip is not None:
+        raise ArgumentError("Give either limits or clip, not both.")
+    if limits is not None and scope != "global":
+        raise ArgumentError("limits fix one shared range; use them with scope='global'.")
+    if a.size == 0:
+        raise ArgumentError(f"Cannot normalize an empty array (shape {a.shape}).")
+    channelwise = scope == "channel" and a.ndim > 2
+    flat = a.reshape(-1, a.shape[-2] * a.shape[-1]) if channelwise else a.reshape(1, -1)
+    if limits is not None:
+        low, high = float(limits[0]), float(limits[1])
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ArgumentError(f"limits must be finite with low < high, got {limits!r}.")
+        lo, hi = np.array([low]), np.array([high])
+        finite = bool(np.isfinite(flat.min()) and np.isfinite(flat.max()))
+    elif clip is not None:
+        q = _percentiles(clip)
+        finite = bool(np.isfinite(flat).all())
+        data = flat if finite else np.where(np.isfinite(flat), flat, np.nan)
+        with np.errstate(all="ignore"):  # all-NaN rows give NaN limits, handled below
+            lo, hi = (
+                np.nanpercentile(data, q, axis=1) if not finite else np.percentile(data, q, axis=1)
+            )
+    else:
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
+        if not finite:  # NaN or inf present: the range comes from the finite values only
+            mask = np.isfinite(flat)
+            lo = np.where(mask, flat, np.inf).min(axis=1)
+            hi = np.where(mask, flat, -np.inf).max(axis=1)
+    lo = np.asarray(lo, np.float64)
+    hi = np.asarray(hi, np.float64)
+    span = hi - lo
+    flat_range = ~(span > 0)  # constant, or no finite values at all
+    low = np.where(flat_range, np.where(np.isfinite(lo), lo, 0.0), lo)
+    scale = np.where(flat_range, 0.0, 1.0 / np.where(flat_range, 1.0, span))
+    shape = (*a.shape[:-2], 1, 1) if channelwise else ()
+    return _Range(
+        low=low.reshape(shape).astype(np.float32),
+        scale=scale.reshape(shape).astype(np.float32),
+        finite=finite,
+        clipped=limits is not None or clip is not None,
+    )
+
+
+def _fix_nonfinite(out: np.ndarray, a: np.ndarray, top: float) -> None:
+    """After scaling: +inf -> ``top``, -inf -> 0, NaN stays NaN (even where the scale was 0)."""
+    with np.errstate(invalid="ignore"):
+        np.clip(out, 0.0, top, out=out)
+    out[np.isposinf(a)] = top
+    out[np.isneginf(a)] = 0.0
+    out[np.isnan(a)] = np.nan
+
+
+def normalize(
+    a: np.ndarray,
+    *,
+    scope: Scope = "global",
+    clip: Clip = None,
+    limits: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Scale activations to [0, 1] for display.
+
+    Parameters
+    ----------
+    a : ndarray, shape (..., H, W)
+        Activations, e.g. ``(N, C, H, W)``. Not modified.
+    scope : {"global", "channel"}
+        ``"global"`` is MATLAB's ``mat2gray``: the minimum of the whole array maps to 0 and the
+        maximum to 1, so channels can be compared. ``"channel"`` scales each ``H x W`` map alone,
+        so weak channels become visible too.
+    clip : float or (float, float), optional
+        Percentiles to use as the range instead of min and max (``1`` means ``(1, 99)``), which
+        keeps a few extreme values from washing out the rest. Values beyond are clipped.
+    limits : (float, float), optional
+        A fixed range, to compare several images or layers on one scale. Values beyond are
+        clipped.
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``a``
+        A new array. A constant array (or channel) maps to 0. NaN and infinities are left out
+        when finding the range; NaN stays NaN, +inf maps to 1 and -inf to 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import normalize
+    >>> normalize(np.array([[2.0, 4.0], [6.0, 10.0]])).tolist()
+    [[0.0, 0.25], [0.5, 1.0]]
+    >>> normalize(np.array([[[1.0, 3.0]], [[5.0, 5.0]]]), scope="channel").tolist()
+    [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    a = np.asarray(a)
+    if a.ndim < 2:
+        raise ArgumentError(f"normalize takes an array of at least 2 dimensions, got {a.shape}.")
+    a32 = a.astype(np.float32, copy=False)
+    r = _range(a32, scope, clip, limits)
+    out = np.subtract(a32, r.low)
+    with np.errstate(invalid="ignore"):  # inf * 0 for a constant range is fixed just below
+        np.multiply(out, r.scale, out=out)
+    if not r.finite:
+        _fix_nonfinite(out, a32, 1.0)
+    elif r.clipped:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _channel_view(a: np.ndarray, what: str) -> np.ndarray:
+    """One image's channels as (C, H*W): accepts (C, H, W) or (1, C, H, W)."""
+    a = np.asarray(a)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ArgumentError(
+                f"{what} looks at one image, got a batch of {a.shape[0]}; pass acts[i]."
+            )
+        a = a[0]
+    if a.ndim != 3:
+        raise ArgumentError(f"{what} takes (C, H, W) or (1, C, H, W), got shape {a.shape}.")
+    return a.reshape(a.shape[0], -1)
+
+
+def _channel_scores(a: np.ndarray, by: str, what: str) -> np.ndarray:
+    flat = _channel_view(a, what)
+    if by not in ("max", "mean", "l2"):
+        raise ArgumentError(f"by must be 'max', 'mean' or 'l2', got {by!r}.")
+    if by == "max":
+        scores = flat.max(axis=1).astype(np.float64)
+        if np.isnan(scores).any():
+            scores = np.where(np.isnan(flat), -np.inf, flat).max(axis=1).astype(np.float64)
+    else:
+        values = flat.astype(np.float64)
+        if np.isnan(values).any():
+            values = np.where(np.isnan(values), 0.0, values)
+        scores = values.mean(axis=1) if by == "mean" else np.sqrt((values * values).sum(axis=1))
+    if not (scores > -np.inf).any():
+        raise ArgumentError(f"{what}: every activation is NaN, so no channel stands out.")
+    return scores
+
+
+def strongest_channel(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max") -> int:
+    """The channel with the largest activation, as MATLAB's ``max(max(max(act)))`` finds it.
+
+    Parameters
+    ----------
+    a : ndarray, shape (C, H, W) or (1, C, H, W)
+        One image's activations.
+    by : {"max", "mean", "l2"}
+        ``"max"``: the channel holding the largest single value (MATLAB's way); ``"mean"``: the
+        largest mean; ``"l2"``: the largest L2 norm. NaN values are ignored.
+
+    Returns
+    -------
+    int
+        A 0-based channel index (MATLAB counts from 1: its channel 32 is featvis's 31). Ties go
+        to the lowest index, as MATLAB's ``max`` does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import strongest_channel
+    >>> a = np.zeros((3, 2, 2)); a[1, 0, 0] = 5.0; a[2] = 2.0
+    >>> strongest_channel(a), strongest_channel(a, by="mean")
+    (1, 2)
+    """
+    return int(np.argmax(_channel_scores(a, by, "strongest_channel")))
+
+
+def top_channels(a: np.ndarray, k: int, *, by: Literal["max", "mean", "l2"] = "max") -> list[int]:
+    """The ``k`` strongest channels, strongest first (see :func:`strongest_channel`).
+
+    Returns fewer than ``k`` indices when the layer has fewer channels; ties keep the lower
+    index first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import top_channels
+    >>> top_channels(np.arange(4.0).reshape(4, 1, 1), 2)
+    [3, 2]
+    """
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ArgumentError(f"k must be a positive integer, got {k!r}.")
+    scores = _channel_scores(a, by, "top_channels")
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order[:k]]

@@ -1,0 +1,320 @@
+"""Testing helpers: a framework-free backend, and the contract every backend must pass.
+
+:class:`ArrayBackend` runs a chain of plain numpy functions, so featvis's own tests and examples
+need no framework; :func:`tiny_cnn` builds a small seeded CNN with it.
+
+:class:`BackendContract` is the shared test suite. A backend's tests subclass it and provide two
+pytest fixtures, ``backend`` and ``images`` (a list of at least two images)::
+
+    import pytest
+    from featvis.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend(self):
+            return MyBackend(my_tiny_model())
+
+        @pytest.fixture
+        def images(self):
+            return [np.zeros((32, 32, 3), np.uint8), np.full((40, 30, 3), 200, np.uint8)]
+
+pytest is only imported when the suite runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from featvis._backend import BackendBase, as_nchw
+from featvis._errors import ArgumentError, UnknownLayerError
+from featvis._images import Preprocess
+from featvis._layers import KINDS, Layer, number_layers
+
+__all__ = ["ArrayBackend", "BackendContract", "Step", "tiny_cnn"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer of an :class:`ArrayBackend`: a numpy function from the previous output."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    kind: str = "other"
+    type: str = "function"
+    params: int = 0
+    description: str = ""
+
+
+class ArrayBackend(BackendBase):
+    """A backend over a chain of numpy functions, each taking the previous one's output.
+
+    The first step receives the prepared NCHW float32 batch. Layers are listed by running the
+    chain once on zeros of the preprocess size. Execution stops after the last requested layer,
+    and every output is copied, so a step that works in place cannot change a captured value.
+
+    Parameters
+    ----------
+    steps : sequence of Step
+    preprocess : Preprocess, optional
+        Defaults to 32x32 RGB scaled to [-1, 1].
+    """
+
+    name = "array"
+
+    def __init__(self, steps: Sequence[Step], *, preprocess: Preprocess | None = None) -> None:
+        super().__init__(preprocess=preprocess)
+        if not steps:
+            raise ArgumentError("An ArrayBackend needs at least one step.")
+        self.steps = list(steps)
+
+    def default_preprocess(self) -> Preprocess:
+        return Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def _list_layers(self) -> list[Layer]:
+        size = self.preprocess.size or (32, 32)
+        x = np.zeros((1, self.preprocess.channels, *size), np.float32)
+        layers = []
+        for step in self.steps:
+            x = step.fn(x)
+            layers.append(
+                Layer(
+                    name=step.name,
+                    kind=step.kind,
+                    type=step.type,
+                    output_shape=(None, *as_nchw(x).shape[1:]),
+                    params=step.params,
+                    description=step.description,
+                )
+            )
+        return number_layers(layers)
+
+    def _run(self, batch: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
+        wanted = {layer.name for layer in layers}
+        captured: dict[str, np.ndarray] = {}
+        x = batch
+        for step in self.steps:
+            x = step.fn(x)
+            if step.name in wanted:
+                captured[step.name] = as_nchw(np.array(x, copy=True))
+                if len(captured) == len(wanted):
+                    break  # nothing after the last requested layer needs to run
+        return [captured[layer.name] for layer in layers]
+
+
+# -- a tiny CNN in numpy ---------------------------------------------------------------------
+
+
+def _conv(weight: np.ndarray, bias: np.ndarray, pad: int) -> Callable[[np.ndarray], np.ndarray]:
+    def conv(x: np.ndarray) -> np.ndarray:
+        k = weight.shape[-1]
+        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))
+        out = np.einsum("nchwij,ocij->nohw", windows, weight, optimize=True)
+        return (out + bias[None, :, None, None]).astype(np.float32)
+
+    return conv
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    np.maximum(x, 0.0, out=x)  # in place, as torch's ReLU(inplace=True): captures must copy
+    return x
+
+
+def _maxpool2(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBackend:
+    """A small seeded CNN as an :class:`ArrayBackend`: conv, ReLU, max pool, conv, ReLU,
+    global average pool, fully connected, softmax (8 layers, 32x32 RGB input by default).
+
+    The ReLUs work in place, like ``torch.nn.ReLU(inplace=True)``, so the conv outputs are only
+    right if a backend copies what it captures.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis.testing import tiny_cnn
+    >>> backend = tiny_cnn()
+    >>> [layer.alias for layer in backend.layers()][:4]
+    ['conv1', 'relu1', 'pool1', 'conv2']
+    >>> backend.activations(np.zeros((32, 32, 3), np.uint8), "conv1").shape
+    (1, 8, 32, 32)
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0.0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+    b1 = rng.normal(0.0, 0.1, 8).astype(np.float32)
+    w2 = rng.normal(0.0, 0.3, (16, 8, 3, 3)).astype(np.float32)
+    b2 = rng.normal(0.0, 0.1, 16).astype(np.float32)
+    wf = rng.normal(0.0, 0.3, (10, 16)).astype(np.float32)
+    bf = rng.normal(0.0, 0.1, 10).astype(np.float32)
+    steps = [
+        Step(
+            "stem",
+            _conv(w1, b1, 1),
+            "conv",
+            "Conv",
+            w1.size + b1.size,
+            "8 3x3x3 convolutions with stride [1 1] and padding [1 1]",
+        ),
+        Step("stem.relu", _relu, "relu", "ReLU", description="ReLU"),
+        Step(
+            "stem.pool",
+            _maxpool2,
+            "pool",
+            "MaxPool",
+            description="2x2 max pooling with stride [2 2]",
+        ),
+        Step(
+            "block.conv",
+            _conv(w2, b2, 1),
+            "conv",
+            "Conv",
+            w2.size + b2.size,
+            "16 3x3x8 convolutions with stride [1 1] and padding [1 1]",
+        ),
+        Step("block.relu", _relu, "relu", "ReLU", description="ReLU"),
+        Step(
+            "gap",
+            lambda x: x.mean(axis=(2, 3)),
+            "pool",
+            "GlobalAvgPool",
+            description="global average pooling",
+        ),
+        Step(
+            "head",
+            lambda x: (x @ wf.T + bf).astype(np.float32),
+            "fc",
+            "Linear",
+            wf.size + bf.size,
+            "10 fully connected layer",
+        ),
+        Step("softmax", _softmax, "prob", "Softmax", description="softmax"),
+    ]
+    return ArrayBackend(steps, preprocess=preprocess)
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+
+class BackendContract:
+    """The tests every backend must pass. Subclass it and provide ``backend`` and ``images``.
+
+    ``images`` must be a list of at least two images of any kind the backend reads (arrays are
+    best: the suite checks they are not modified).
+    """
+
+    def test_layers_are_numbered_with_unique_names_and_aliases(self, backend: Any) -> None:
+        layers = backend.layers()
+        assert layers, "a backend must list at least one layer"
+        assert all(isinstance(layer, Layer) for layer in layers)
+        assert [layer.index for layer in layers] == list(range(len(layers)))
+        names = [layer.name for layer in layers]
+        aliases = [layer.alias for layer in layers]
+        assert len(set(names)) == len(names), "layer names must be unique"
+        assert len(set(aliases)) == len(aliases), "aliases must be unique"
+        assert all(layer.kind in KINDS for layer in layers)
+        # aliases are the core's canonical ones, whatever the backend
+        assert aliases == [layer.alias for layer in number_layers(layers)]
+
+    def test_layers_returns_a_fresh_list(self, backend: Any) -> None:
+        first = backend.layers()
+        first.clear()
+        assert backend.layers(), "changing the returned list must not change the backend"
+
+    def test_one_layer_gives_nchw_float32_with_the_batch(self, backend: Any, images: Any) -> None:
+        layer = backend.layers()[0]
+        out = backend.activations(images, layer.name)
+        assert isinstance(out, np.ndarray)
+        assert out.dtype == np.float32 and out.ndim == 4
+        assert out.shape[0] == len(images)
+        single = backend.activations(images[0], layer.name)
+        assert single.shape[0] == 1
+
+    def test_output_shapes_match_the_layer_table(self, backend: Any, images: Any) -> None:
+        layers = backend.layers()
+        outs = backend.activations(images[:1], [layer.name for layer in layers])
+        for layer in layers:
+            out = outs[layer.name]
+            assert out.ndim == 4 and out.dtype == np.float32, layer.name
+            if layer.output_shape is not None:
+                for got, listed in zip(out.shape[1:], layer.output_shape[1:]):
+                    assert listed is None or got == listed, (
+                        layer.name,
+                        out.shape,
+                        layer.output_shape,
+                    )
+
+    def test_many_layers_keep_the_order_asked(self, backend: Any, images: Any) -> None:
+        names = [layer.name for layer in backend.layers()][::-1]
+        outs = backend.activations(images, names)
+        assert list(outs) == names
+        for name in names:
+            assert outs[name].shape[0] == len(images)
+
+    def test_names_and_aliases_give_the_same_values(self, backend: Any, images: Any) -> None:
+        layer = backend.layers()[-1]
+        outs = backend.activations(images, [layer.alias, layer.name])
+        assert list(outs) == [layer.alias, layer.name]
+        np.testing.assert_array_equal(outs[layer.alias], outs[layer.name])
+
+    def test_one_call_equals_separate_calls(self, backend: Any, images: Any) -> None:
+        layers = backend.layers()
+        chosen = [layers[0].name, layers[len(layers) // 2].name, layers[-1].name]
+        together = backend.activations(images, chosen)
+        for name in chosen:
+            np.testing.assert_allclose(
+                backend.activations(images, name), together[name], rtol=1e-5, atol=1e-6
+            )
+
+    def test_batch_size_does_not_change_results(self, backend: Any, images: Any) -> None:
+        name = backend.layers()[0].name
+        whole = backend.activations(images, name)
+        one_by_one = backend.activations(images, name, batch_size=1)
+        np.testing.assert_allclose(one_by_one, whole, rtol=1e-5, atol=1e-6)
+
+    def test_repeated_calls_are_identical(self, backend: Any, images: Any) -> None:
+        names = [layer.name for layer in backend.layers()]
+        first = backend.activations(images, names)
+        second = backend.activations(images, names)
+        for name in names:
+            np.testing.assert_array_equal(first[name], second[name])
+
+    def test_results_are_independent_copies(self, backend: Any, images: Any) -> None:
+        name = backend.layers()[0].name
+        first = backend.activations(images, name)
+        expected = first.copy()
+        first += 1.0  # a caller may modify what it got...
+        np.testing.assert_array_equal(backend.activations(images, name), expected)  # ...safely
+
+    def test_images_are_not_modified(self, backend: Any, images: Any) -> None:
+        before = [
+            np.array(image, copy=True) if isinstance(image, np.ndarray) else None
+            for image in images
+        ]
+        backend.activations(images, [layer.name for layer in backend.layers()])
+        for image, copy in zip(images, before):
+            if copy is not None:
+                np.testing.assert_array_equal(image, copy)
+
+    def test_unknown_layer_is_a_key_error_with_suggestions(self, backend: Any, images: Any) -> None:
+        import pytest
+
+        alias = backend.layers()[0].alias
+        typo = alias + "_x"
+        with pytest.raises(UnknownLayerError) as info:
+            backend.activations(images, typo)
+        assert isinstance(info.value, KeyError)
+        assert repr(alias) in str(info.value), "the message must suggest the closest layer"
+        with pytest.raises(UnknownLayerError):
+            backend.activations(images, [alias, "no such layer"])

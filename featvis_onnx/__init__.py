@@ -1,0 +1,1 @@
+"""featvis plugin: ONNX models through ONNX Runtime (in progress: registers no backend yet)."""
