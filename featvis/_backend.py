@@ -139,7 +139,7 @@ class BackendBase(ABC):
         return self._index
 
     @overload
-    def activations(
+    def activations(  # type: ignore[overload-overlap]  # a str is also a Sequence
         self,
         images: Images,
         layers: LayerKey,
@@ -194,8 +194,11 @@ class BackendBase(ABC):
         ImageError
             For an image that cannot be read.
         """
-        single = isinstance(layers, (str, Layer))
-        keys: list[LayerKey] = [layers] if single else list(layers)  # type: ignore[list-item]
+        keys: list[LayerKey]
+        if isinstance(layers, (str, Layer)):
+            single, keys = True, [layers]
+        else:
+            single, keys = False, list(layers)
         if not keys:
             raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):

@@ -116,7 +116,11 @@ def _open(path: str | os.PathLike) -> Image.Image:
             # Over MAX_IMAGE_PIXELS Pillow only warns (it refuses at twice that); refuse at once.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
-            image.load()
+            try:
+                image.load()
+            except BaseException:
+                image.close()
+                raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(
             f"{shown!r} is too large to decode safely ({exc}). If you trust the file, raise "

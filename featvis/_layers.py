@@ -7,6 +7,7 @@ import difflib
 import html
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from featvis._errors import AmbiguousLayerError, ArgumentError, UnknownLayerError
 
@@ -215,7 +216,13 @@ class LayerTable(Sequence[Layer]):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+    @overload
+    def __getitem__(self, i: int) -> Layer: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Layer]: ...
+
+    def __getitem__(self, i: int | slice) -> Layer | list[Layer]:
         return self.layers[i]
 
     def __iter__(self) -> Iterator[Layer]:

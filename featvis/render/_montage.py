@@ -9,7 +9,7 @@ import numpy as np
 
 from featvis._errors import ArgumentError
 from featvis.render._colormaps import colormap
-from featvis.render._normalize import Clip, _fix_nonfinite, _range
+from featvis.render._normalize import Clip, _fix_nonfinite, _Range, _range
 from featvis.render._picture import Picture
 
 __all__ = ["NODATA", "default_grid", "montage", "palette_for"]
@@ -80,7 +80,7 @@ def _grid(
         rows = math.ceil(channels / int(cols))  # type: ignore[arg-type]
     elif cols is None:
         cols = math.ceil(channels / int(rows))
-    rows, cols = int(rows), int(cols)
+    rows, cols = int(rows), int(cols)  # type: ignore[arg-type]
     if rows < 1 or cols < 1 or rows * cols < channels:
         raise ArgumentError(
             f"A {rows}x{cols} grid holds {max(rows, 0) * max(cols, 0)} tiles, but there are "
@@ -171,22 +171,25 @@ def _levels(
     """Values -> palette levels 0..254 (NaN -> NODATA), uint8 of the same shape."""
     out = _levels_buffer(channels.shape)
     if normalize == "global" and clip is None and limits is None:
-        low, high = float(channels.min()), float(channels.max())
-        if np.isfinite(low) and np.isfinite(high):
+        least, most = float(channels.min()), float(channels.max())
+        if np.isfinite(least) and np.isfinite(most):
             # The common case, kept lean: (a - low + 0.5/k) * k = (a - low) * k + 0.5, cast
             # (truncating) into uint8 rounds to the nearest level. Constant input gives 0.
-            k = _LEVELS / (high - low) if high > low else 0.0
-            tmp = np.subtract(channels, np.float32(low - 0.5 / k if k else low))
-            np.multiply(tmp, np.float32(k), out=tmp)
+            step = _LEVELS / (most - least) if most > least else 0.0
+            tmp = np.subtract(channels, np.float32(least - 0.5 / step if step else least))
+            np.multiply(tmp, np.float32(step), out=tmp)
             np.copyto(out, tmp, casting="unsafe")
             return out
     if normalize is None:
-        low, scale = np.float32(0.0), np.float32(1.0)
-        finite = bool(np.isfinite(channels.min()) and np.isfinite(channels.max()))
-        clipped = True
+        r = _Range(
+            low=np.float32(0.0),
+            scale=np.float32(1.0),
+            clipped=True,
+            finite=bool(np.isfinite(channels.min()) and np.isfinite(channels.max())),
+        )
     else:
         r = _range(channels, normalize, clip, limits)
-        low, scale, finite, clipped = r.low, r.scale, r.finite, r.clipped
+    low, scale, finite, clipped = r.low, r.scale, r.finite, r.clipped
     k = scale * np.float32(_LEVELS)
     if finite and not clipped:  # per-channel ranges: the same two passes, broadcast
         with np.errstate(divide="ignore"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,17 +21,24 @@ Clip = float | tuple[float, float] | None
 class _Range:
     """``(a - low) * scale`` maps the range to [0, 1]; low/scale broadcast against ``a``."""
 
-    low: np.ndarray
-    scale: np.ndarray
+    low: np.ndarray | np.float32
+    scale: np.ndarray | np.float32
     finite: bool  # a held no NaN or infinity
     clipped: bool  # values may fall outside the range (clip or limits)
 
 
 def _percentiles(clip: Clip) -> tuple[float, float]:
-    low, high = (clip, 100.0 - clip) if np.isscalar(clip) else clip  # type: ignore[misc]
+    try:
+        low, high = (
+            (float(clip), 100.0 - float(clip))
+            if isinstance(clip, (int, float))
+            else (float(clip[0]), float(clip[1]))  # type: ignore[index]
+        )
+    except (TypeError, ValueError, IndexError):
+        low = high = float("nan")
     if not 0.0 <= low < high <= 100.0:
         raise ArgumentError(f"clip takes percentiles 0 <= low < high <= 100, got {clip!r}.")
-    return float(low), float(high)
+    return low, high
 
 
 def _range(
@@ -47,6 +55,8 @@ def _range(
         raise ArgumentError(f"Cannot normalize an empty array (shape {a.shape}).")
     channelwise = scope == "channel" and a.ndim > 2
     flat = a.reshape(-1, a.shape[-2] * a.shape[-1]) if channelwise else a.reshape(1, -1)
+    lo: np.ndarray
+    hi: np.ndarray
     if limits is not None:
         low, high = float(limits[0]), float(limits[1])
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
@@ -57,10 +67,10 @@ def _range(
         q = _percentiles(clip)
         finite = bool(np.isfinite(flat).all())
         data = flat if finite else np.where(np.isfinite(flat), flat, np.nan)
-        with np.errstate(all="ignore"):  # all-NaN rows give NaN limits, handled below
-            lo, hi = (
-                np.nanpercentile(data, q, axis=1) if not finite else np.percentile(data, q, axis=1)
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: handled below
+            bounds = np.nanpercentile(data, q, axis=1)
+        lo, hi = bounds[0], bounds[1]
     else:
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
@@ -68,15 +78,15 @@ def _range(
             mask = np.isfinite(flat)
             lo = np.where(mask, flat, np.inf).min(axis=1)
             hi = np.where(mask, flat, -np.inf).max(axis=1)
-    lo = np.asarray(lo, np.float64)
-    hi = np.asarray(hi, np.float64)
-    span = hi - lo
+    lows = np.asarray(lo, np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf for rows without finite values
+        span = np.asarray(hi, np.float64) - lows
     flat_range = ~(span > 0)  # constant, or no finite values at all
-    low = np.where(flat_range, np.where(np.isfinite(lo), lo, 0.0), lo)
+    offset = np.where(flat_range, np.where(np.isfinite(lows), lows, 0.0), lows)
     scale = np.where(flat_range, 0.0, 1.0 / np.where(flat_range, 1.0, span))
     shape = (*a.shape[:-2], 1, 1) if channelwise else ()
     return _Range(
-        low=low.reshape(shape).astype(np.float32),
+        low=offset.reshape(shape).astype(np.float32),
         scale=scale.reshape(shape).astype(np.float32),
         finite=finite,
         clipped=limits is not None or clip is not None,

@@ -33,8 +33,7 @@ def _target_size(size: object) -> tuple[int, int]:
             raise ArgumentError(f"Cannot take a size from an array of shape {size.shape}.")
         return (int(size.shape[0]), int(size.shape[1]))
     try:
-        height, width = size  # type: ignore[misc]
-        height, width = int(height), int(width)
+        height, width = (int(v) for v in size)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise ArgumentError(
             f"size must be (height, width) or an image to match, got {size!r}."
@@ -53,10 +52,11 @@ def resize(
     """Resize an activation map to an image's size (MATLAB's ``imresize(act, imgSize)``).
 
     Uses Pillow's float resampling, which is much faster than scikit-image's. Pixel centres are
-    aligned (the half-pixel convention of MATLAB and OpenCV); at the borders the kernel only sees
-    pixels inside the map, so edge values extend outward; shrinking averages over the covered
-    pixels (antialiased). Bicubic results are clipped to the map's range (no overshoot). NaN
-    spreads to the pixels it touches.
+    aligned (the half-pixel convention of MATLAB and OpenCV). At the borders the kernel keeps
+    only the taps inside the map and renormalizes them, so edge values extend outward.
+    Shrinking widens the kernel by the scale factor (antialiasing, as MATLAB's ``imresize``
+    does). Bicubic results are clipped to the map's range (no overshoot). NaN spreads to the
+    pixels it touches.
 
     Parameters
     ----------

@@ -1,0 +1,134 @@
+"""Layers: canonical aliases, resolution by name or alias, and the layer table."""
+
+import pytest
+
+import featvis
+from featvis import Layer, number_layers
+from featvis._layers import LayerIndex
+
+
+def _layers(*specs: tuple[str, str]) -> list[Layer]:
+    return number_layers(Layer(name=name, kind=kind, type="T") for name, kind in specs)
+
+
+def test_aliases_count_each_kind_in_execution_order() -> None:
+    layers = _layers(
+        ("features.0", "conv"),
+        ("features.1", "relu"),
+        ("features.2", "pool"),
+        ("features.3", "conv"),
+        ("features.4", "relu"),
+        ("classifier.1", "fc"),
+        ("classifier.2", "relu"),
+        ("classifier.3", "drop"),
+        ("classifier.4", "fc"),
+    )
+    assert [(layer.index, layer.alias) for layer in layers] == [
+        (0, "conv1"),
+        (1, "relu1"),
+        (2, "pool1"),
+        (3, "conv2"),
+        (4, "relu2"),
+        (5, "fc1"),
+        (6, "relu3"),
+        (7, "drop1"),
+        (8, "fc2"),
+    ]
+
+
+def test_duplicate_names_and_unknown_kinds_are_refused() -> None:
+    with pytest.raises(featvis.ArgumentError, match="named 'a'"):
+        _layers(("a", "conv"), ("a", "relu"))
+    with pytest.raises(featvis.ArgumentError, match="kind 'convolution'"):
+        Layer(name="a", kind="convolution", type="T")
+
+
+def test_a_layer_is_found_by_name_alias_or_itself() -> None:
+    layers = _layers(("features.0", "conv"), ("features.1", "relu"))
+    index = LayerIndex(layers)
+    assert index.resolve("features.0") is layers[0]
+    assert index.resolve("conv1") is layers[0]
+    assert index.resolve(layers[1]) is layers[1]
+
+
+def test_a_module_name_wins_over_an_alias_it_collides_with() -> None:
+    layers = _layers(("conv2", "conv"), ("other", "conv"))  # the second is aliased conv2
+    assert LayerIndex(layers).resolve("conv2").name == "conv2"
+
+
+def test_unknown_layer_suggests_the_closest_and_lists_layers() -> None:
+    layers = _layers(*[(f"features.{i}", k) for i, k in enumerate(["conv", "relu"] * 5)])
+    with pytest.raises(featvis.UnknownLayerError) as info:
+        LayerIndex(layers).resolve("conv9")
+    message = str(info.value)
+    assert message.startswith("Unknown layer 'conv9'. Did you mean 'conv5'")
+    assert "relu5 (features.9)" in message
+    assert isinstance(info.value, KeyError)
+
+
+def test_a_long_layer_list_is_shortened_in_the_message() -> None:
+    layers = _layers(*[(f"m{i}", "conv") for i in range(40)])
+    with pytest.raises(featvis.UnknownLayerError, match=r"and 16 more"):
+        LayerIndex(layers).resolve("nothing like it")
+
+
+def test_a_module_called_twice_needs_its_call_number() -> None:
+    layers = _layers(
+        ("layer1.0.relu#1", "relu"), ("layer1.0.conv2", "conv"), ("layer1.0.relu#2", "relu")
+    )
+    index = LayerIndex(layers)
+    with pytest.raises(featvis.AmbiguousLayerError) as info:
+        index.resolve("layer1.0.relu")
+    assert "'layer1.0.relu#1' (relu1)" in str(info.value)
+    assert "'layer1.0.relu#2' (relu2)" in str(info.value)
+    assert index.resolve("layer1.0.relu#2").alias == "relu2"
+
+
+def test_a_layer_is_named_by_a_string() -> None:
+    with pytest.raises(featvis.ArgumentError, match="not int"):
+        LayerIndex(_layers(("a", "conv"))).resolve(0)  # type: ignore[arg-type]
+
+
+def test_layer_table_reads_like_matlab_net_layers() -> None:
+    layers = number_layers(
+        [
+            Layer(
+                name="features.0",
+                kind="conv",
+                type="Conv2d",
+                output_shape=(None, 64, 55, 55),
+                params=23296,
+                description="64 11x11x3 convolutions with stride [4 4] and padding [2 2]",
+            ),
+            Layer(
+                name="features.1",
+                kind="relu",
+                type="ReLU",
+                output_shape=(None, 64, 55, 55),
+                description="ReLU",
+            ),
+            Layer(name="head", kind="fc", type="Linear", output_shape=None, params=10),
+        ]
+    )
+    table = featvis.layer_table(layers)
+    lines = str(table).splitlines()
+    assert lines[0].split() == ["index", "name", "alias", "type", "output", "params", "description"]
+    assert lines[2].split()[:6] == ["0", "features.0", "conv1", "Conv2d", "64x55x55", "23,296"]
+    assert lines[2].endswith("64 11x11x3 convolutions with stride [4 4] and padding [2 2]")
+    assert lines[4].split()[:5] == ["2", "head", "fc1", "Linear", "?"]
+    assert len(table) == 3 and table[1].alias == "relu1"
+    html = table._repr_html_()
+    assert html.count("<tr>") == 4 and "<td>conv1</td>" in html
+
+
+def test_layer_table_escapes_html() -> None:
+    layers = number_layers([Layer(name="<b>", kind="other", type="T")])
+    assert "&lt;b&gt;" in featvis.layer_table(layers)._repr_html_()
+
+
+def test_layer_table_takes_a_backend() -> None:
+    from featvis.testing import tiny_cnn
+
+    assert [row.alias for row in featvis.layer_table(tiny_cnn())][:2] == ["conv1", "relu1"]
+    with pytest.raises(featvis.ArgumentError, match="takes a backend"):
+        featvis.layer_table("resnet")
