@@ -22,9 +22,18 @@ from featvis._errors import (
 )
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
+from featvis._predict import top_predictions
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
-from featvis.plugins import BackendSpec, FeatvisPluginWarning, list_backends, load
+from featvis.plugins import (
+    BackendSpec,
+    FeatvisPluginWarning,
+    ModelSpec,
+    list_backends,
+    list_models,
+    load,
+    load_model,
+)
 from featvis.render import (
     Picture,
     montage,
@@ -55,6 +64,7 @@ __all__ = [
     "LayoutError",
     "MissingDependencyError",
     "ModelError",
+    "ModelSpec",
     "Picture",
     "PluginError",
     "Preprocess",
@@ -64,7 +74,9 @@ __all__ = [
     "hookimpl",
     "layer_table",
     "list_backends",
+    "list_models",
     "load",
+    "load_model",
     "montage",
     "normalize",
     "number_layers",
@@ -75,4 +87,5 @@ __all__ = [
     "resize",
     "strongest_channel",
     "top_channels",
+    "top_predictions",
 ]

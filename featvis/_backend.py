@@ -99,6 +99,11 @@ class BackendBase(ABC):
                 f"preprocess must be a featvis.Preprocess, not {type(preprocess).__name__}."
             )
         self.preprocess = preprocess if preprocess is not None else self.default_preprocess()
+        #: Class names of the model's last layer, when known (for :func:`featvis.top_predictions`).
+        self.categories: list[str] | None = None
+        #: Where the results come from, for reports: framework versions, model file and hash...
+        #: Backends and model loaders add entries.
+        self.provenance: dict[str, str] = {"backend": self.name}
         self._index: LayerIndex | None = None
 
     # -- for subclasses ------------------------------------------------------------------------

@@ -220,9 +220,11 @@ class LayerTable(Sequence[Layer]):
     def __getitem__(self, i: int) -> Layer: ...
 
     @overload
-    def __getitem__(self, i: slice) -> list[Layer]: ...
+    def __getitem__(self, i: slice) -> LayerTable: ...
 
-    def __getitem__(self, i: int | slice) -> Layer | list[Layer]:
+    def __getitem__(self, i: int | slice) -> Layer | LayerTable:
+        if isinstance(i, slice):
+            return LayerTable(self.layers[i])
         return self.layers[i]
 
     def __iter__(self) -> Iterator[Layer]:

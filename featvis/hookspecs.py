@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from featvis.plugins import BackendSpec
+    from featvis.plugins import BackendSpec, ModelSpec
 
-__all__ = ["hookimpl", "hookspec", "register_backends"]
+__all__ = ["hookimpl", "hookspec", "register_backends", "register_models"]
 
 hookspec = pluggy.HookspecMarker("featvis")
 hookimpl = pluggy.HookimplMarker("featvis")
@@ -38,4 +38,19 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
     ----------
     register : callable
         Takes one :class:`featvis.BackendSpec`.
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    """Register models that people can ask for by name, as ``featvis demo --model NAME``.
+
+    Call ``register(ModelSpec(...))`` once per model, or once per family of models sharing a
+    prefix (``torchvision:`` for ``torchvision:alexnet``, ``torchvision:resnet18``...). Loading
+    happens only when the name is asked for.
+
+    Parameters
+    ----------
+    register : callable
+        Takes one :class:`featvis.ModelSpec`.
     """

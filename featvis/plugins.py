@@ -27,8 +27,11 @@ __all__ = [
     "STRICT_ENV",
     "BackendSpec",
     "FeatvisPluginWarning",
+    "ModelSpec",
     "list_backends",
+    "list_models",
     "load",
+    "load_model",
     "load_plugins",
     "pm",
 ]
@@ -96,6 +99,34 @@ class BackendSpec:
         return f"{self.name} ({self.description or 'no description'}; {state}{install})"
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model that can be asked for by name, as a plugin registers it.
+
+    Parameters
+    ----------
+    name : str
+        The name, e.g. ``"efficientnet_lite0"``; with ``prefix=True`` a prefix that a family of
+        names shares, e.g. ``"torchvision:"``.
+    load : callable
+        ``load(name) -> Backend``, given the full name asked for. It returns a backend ready to
+        use: its preprocessing set, and ``categories`` (class names) when the model has them.
+    description : str
+        One line for ``featvis models``.
+    prefix : bool
+        Whether ``name`` is a prefix rather than a whole name.
+    """
+
+    name: str
+    load: Callable[[str], Backend]
+    description: str = ""
+    prefix: bool = False
+
+    def matches(self, name: str) -> bool:
+        """Whether this spec serves ``name``."""
+        return name.startswith(self.name) if self.prefix else name == self.name
+
+
 def _strict() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -129,42 +160,58 @@ def load_plugins() -> None:
                 _plugin_failed(f"{_describe(ep)} failed to load: {type(exc).__name__}: {exc}", exc)
 
 
-def _backends() -> list[BackendSpec]:
-    """Every registered backend, one per name, highest priority first."""
-    load_plugins()
-    specs: dict[str, BackendSpec] = {}
-    for impl in pm.hook.register_backends.get_hookimpls():
-        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
-        found: list[BackendSpec] = []
+def _collect(hook_name: str, kind: type) -> list[Any]:
+    """Call one registration hook on every plugin, each in isolation, keeping what they give.
 
-        def register(spec: BackendSpec, _found: list[BackendSpec] = found) -> None:
-            if not isinstance(spec, BackendSpec):
+    A plugin that raises is reported and skipped, so one broken plugin cannot hide the rest.
+    """
+    load_plugins()
+    collected: list[Any] = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        found: list[Any] = []
+
+        def register(spec: Any, _found: list[Any] = found) -> None:
+            if not isinstance(spec, kind):
                 raise TypeError(
-                    f"register() takes a featvis.BackendSpec, not {type(spec).__name__}"
+                    f"register() takes a featvis.{kind.__name__}, not {type(spec).__name__}"
                 )
             _found.append(spec)
 
         try:
             impl.function(**dict.fromkeys(impl.argnames, register))
-        except Exception as exc:
+        except Exception as exc:  # a broken plugin must not break the others
             _plugin_failed(
-                f"featvis plugin {plugin_name!r} failed in register_backends: "
+                f"featvis plugin {plugin_name!r} failed in {hook_name}: "
                 f"{type(exc).__name__}: {exc}",
                 exc,
             )
             continue
-        for spec in found:
-            if spec.name in specs:
-                warnings.warn(
-                    f"featvis plugin {plugin_name!r} registers a backend named {spec.name!r}, "
-                    "which another plugin already registered; the first one is kept.",
-                    FeatvisPluginWarning,
-                    stacklevel=3,
-                )
-                continue
-            specs[spec.name] = spec
+        collected.extend((plugin_name, spec) for spec in found)
+    return collected
+
+
+def _unique(named: list[tuple[str, Any]], what: str) -> list[Any]:
+    """One spec per name: the first registered wins, a later duplicate is reported."""
+    specs: dict[str, Any] = {}
+    for plugin_name, spec in named:
+        if spec.name in specs:
+            warnings.warn(
+                f"featvis plugin {plugin_name!r} registers a {what} named {spec.name!r}, "
+                "which another plugin already registered; the first one is kept.",
+                FeatvisPluginWarning,
+                stacklevel=4,
+            )
+            continue
+        specs[spec.name] = spec
+    return list(specs.values())
+
+
+def _backends() -> list[BackendSpec]:
+    """Every registered backend, one per name, highest priority first."""
+    specs = _unique(_collect("register_backends", BackendSpec), "backend")
     # get_hookimpls() is in registration order; sorted() is stable.
-    return sorted(specs.values(), key=lambda spec: -spec.priority)
+    return sorted(specs, key=lambda spec: -spec.priority)
 
 
 def list_backends() -> list[BackendSpec]:
@@ -238,3 +285,24 @@ def load(model: Any, *, backend: str | None = None, **options: Any) -> Backend:
         f"No installed backend accepts a {kind}. {_listing(specs)} Other frameworks need a "
         "third-party plugin (see docs/plugins.md), or pass backend='name' to force one."
     )
+
+
+def list_models() -> list[ModelSpec]:
+    """The models that installed plugins offer by name (``featvis models`` prints them)."""
+    return _unique(_collect("register_models", ModelSpec), "model")
+
+
+def load_model(name: str) -> Backend:
+    """A ready backend for the model called ``name`` (see :func:`list_models`).
+
+    Raises
+    ------
+    BackendNotFoundError
+        No installed plugin offers ``name``; the message lists the names that exist.
+    """
+    specs = list_models()
+    for spec in specs:
+        if spec.matches(name):
+            return spec.load(name)
+    known = ", ".join(spec.name + ("NAME" if spec.prefix else "") for spec in specs) or "none"
+    raise BackendNotFoundError(f"No model named {name!r}. Models by name: {known}.")

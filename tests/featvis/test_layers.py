@@ -132,3 +132,12 @@ def test_layer_table_takes_a_backend() -> None:
     assert [row.alias for row in featvis.layer_table(tiny_cnn())][:2] == ["conv1", "relu1"]
     with pytest.raises(featvis.ArgumentError, match="takes a backend"):
         featvis.layer_table("resnet")
+
+
+def test_a_slice_of_the_table_is_a_table() -> None:
+    from featvis.testing import tiny_cnn
+
+    table = featvis.layer_table(tiny_cnn())
+    head = table[:2]
+    assert isinstance(head, featvis.LayerTable) and len(head) == 2
+    assert str(head).splitlines()[2].split()[:3] == ["0", "stem", "conv1"]
