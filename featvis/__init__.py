@@ -8,6 +8,7 @@
 """
 
 from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
+from featvis._compare import ComparisonTable, compare
 from featvis._errors import (
     AmbiguousLayerError,
     ArgumentError,
@@ -55,6 +56,7 @@ __all__ = [
     "BackendBase",
     "BackendNotFoundError",
     "BackendSpec",
+    "ComparisonTable",
     "FeatvisError",
     "FeatvisPluginWarning",
     "ImageError",
@@ -71,6 +73,7 @@ __all__ = [
     "UnknownLayerError",
     "__version__",
     "as_nchw",
+    "compare",
     "hookimpl",
     "layer_table",
     "list_backends",

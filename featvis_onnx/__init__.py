@@ -1,1 +1,84 @@
-"""featvis plugin: ONNX models through ONNX Runtime (in progress: registers no backend yet)."""
+"""featvis plugin: the layers and activations of any ONNX model, run by ONNX Runtime.
+
+``featvis.load("model.onnx")`` (a path, a :class:`pathlib.Path`, the file's bytes, or an
+``onnx.ModelProto``) returns an :class:`OnnxBackend`. This module imports only the standard
+library and featvis: onnx and onnxruntime are imported when a model is loaded, so
+``import featvis`` stays light and a missing runtime is reported with the command that installs
+it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import featvis
+
+if TYPE_CHECKING:
+    from featvis_onnx._backend import OnnxBackend
+
+__all__ = ["OnnxBackend", "register_backends"]
+
+_MISSING = "featvis backend 'onnx' needs onnxruntime and onnx: pip install 'featvis[onnx]'"
+_DEPENDENCIES = ("onnx", "onnxruntime", "google")  # google.protobuf comes with onnx
+
+
+def _looks_serialized(data: bytes) -> bool:
+    """Whether bytes start like a serialized ModelProto: field 1 (ir_version) first, 1 to 32.
+
+    Every exporter writes ``ir_version`` first, so this is cheap and rarely wrong; bytes that
+    pass and still fail to parse get a clear :class:`featvis.ModelError` from the backend, and
+    ``featvis.load(data, backend="onnx")`` skips the check.
+    """
+    return len(data) >= 2 and data[0] == 0x08 and 1 <= data[1] <= 32
+
+
+def accepts(model: Any) -> bool:
+    """Whether ``model`` is an ONNX model featvis can open, decided without importing onnx."""
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        text = os.fsdecode(path) if isinstance(path, bytes) else path
+        return text.lower().endswith(".onnx")
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _looks_serialized(bytes(model[:2]))
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
+
+
+def load(model: Any, **options: Any) -> OnnxBackend:
+    """An :class:`OnnxBackend` for ``model``; options are its keyword arguments."""
+    try:
+        from featvis_onnx._backend import OnnxBackend
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in _DEPENDENCIES:
+            raise featvis.MissingDependencyError(_MISSING) from exc
+        raise
+    return OnnxBackend(model, **options)
+
+
+@featvis.hookimpl
+def register_backends(register: Any) -> None:
+    """Register the ``onnx`` backend."""
+    register(
+        featvis.BackendSpec(
+            name="onnx",
+            accepts=accepts,
+            load=load,
+            description="ONNX model: .onnx path, bytes or onnx.ModelProto",
+            requires=("onnx", "onnxruntime"),
+            extra="featvis[onnx]",
+        )
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OnnxBackend":
+        try:
+            from featvis_onnx._backend import OnnxBackend
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] in _DEPENDENCIES:
+                raise featvis.MissingDependencyError(_MISSING) from exc
+            raise
+        return OnnxBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

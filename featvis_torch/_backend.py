@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import itertools
 import os
@@ -23,6 +24,7 @@ from featvis import (
     ImageError,
     Layer,
     LayoutError,
+    MissingDependencyError,
     ModelError,
     Preprocess,
     number_layers,
@@ -133,11 +135,19 @@ class TorchBackend(BackendBase):
 
     def to_onnx(self, path: str | os.PathLike[str]) -> Path:
         """Export the model to an ONNX file that ``featvis.load(path)`` opens with the ONNX
-        backend (``torch.onnx.export(model, (x,), path, dynamo=True)`` on zeros of the
-        preprocess size, in eval mode; the exporter's console output is silenced).
+        backend (``torch.onnx.export(model, (x,), path, dynamo=True, optimize=False)`` on zeros
+        of the preprocess size, in eval mode; the exporter's console output is silenced).
 
-        The model is left as it was, as during an extraction. Returns the file's path.
+        ``optimize=False`` keeps one ONNX node per module: BatchNorm is not folded into the
+        convolution before it, so the ONNX layers carry the same aliases as this backend's for
+        the same values (ONNX Runtime still fuses them when it runs the whole model). The model
+        is left as it was, as during an extraction. Returns the file's path.
         """
+        for needed in ("onnx", "onnxscript"):  # the dynamo exporter imports them lazily
+            if importlib.util.find_spec(needed) is None:
+                raise MissingDependencyError(
+                    f"Exporting to ONNX needs {needed}: pip install 'featvis[all]'"
+                )
         path = Path(path)
         size = self.preprocess.size or (224, 224)
         device, dtype = self._place(_first_tensor(self.model))
@@ -146,7 +156,7 @@ class TorchBackend(BackendBase):
             Extraction(self.model, self._lock, inference=False),
             contextlib.redirect_stdout(io.StringIO()),
         ):
-            torch.onnx.export(self.model, (x,), path, dynamo=True)
+            torch.onnx.export(self.model, (x,), path, dynamo=True, optimize=False)
         return path
 
     # -- input ---------------------------------------------------------------------------------
