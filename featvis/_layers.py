@@ -205,13 +205,20 @@ class LayerTable(Sequence[Layer]):
     """A model's layers as a table, like MATLAB's ``net.Layers``.
 
     ``str(table)`` is a text table; Jupyter shows it as HTML. It is also a sequence of
-    :class:`Layer`.
+    :class:`Layer`. When layers come from an exported model and know the module that computed
+    them (:attr:`Layer.source` differs from the name, as for an ONNX file exported by PyTorch),
+    a ``module`` column shows it.
     """
-
-    columns = ("index", "name", "alias", "type", "output", "params", "description")
 
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.layers = list(layers)
+        self._modules = any(layer.source and layer.source != layer.name for layer in self.layers)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The column names, in the order of :meth:`rows`."""
+        module = ("module",) if self._modules else ()
+        return ("index", "name", "alias", *module, "type", "output", "params", "description")
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -237,6 +244,7 @@ class LayerTable(Sequence[Layer]):
                 str(layer.index),
                 layer.name,
                 layer.alias,
+                *((layer.source or "",) if self._modules else ()),
                 layer.type,
                 _format_shape(layer.output_shape),
                 f"{layer.params:,}" if layer.params else "",
@@ -248,7 +256,7 @@ class LayerTable(Sequence[Layer]):
     def __str__(self) -> str:
         rows = [self.columns, *self.rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
-        right = {0, 5}  # numbers align right
+        right = {self.columns.index("index"), self.columns.index("params")}  # numbers
         lines = []
         for n, row in enumerate(rows):
             cells = [

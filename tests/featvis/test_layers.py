@@ -141,3 +141,23 @@ def test_a_slice_of_the_table_is_a_table() -> None:
     head = table[:2]
     assert isinstance(head, featvis.LayerTable) and len(head) == 2
     assert str(head).splitlines()[2].split()[:3] == ["0", "stem", "conv1"]
+
+
+def test_layer_table_shows_the_module_an_exported_layer_came_from() -> None:
+    layers = number_layers(
+        [
+            Layer(name="conv2d", kind="conv", type="Conv", params=864, source="_conv_stem"),
+            Layer(name="add", kind="add", type="Add"),  # no module computed it alone
+        ]
+    )
+    lines = str(featvis.layer_table(layers)).splitlines()
+    assert lines[0].split() == [
+        "index", "name", "alias", "module", "type", "output", "params", "description"
+    ]  # fmt: skip
+    assert lines[2].split() == ["0", "conv2d", "conv1", "_conv_stem", "Conv", "?", "864"]
+    assert lines[3].split() == ["1", "add", "add1", "Add", "?"]
+    # A torch layer's source is its own name: no column that repeats the name.
+    same = number_layers(
+        [Layer(name="features.0", kind="conv", type="Conv2d", source="features.0")]
+    )
+    assert "module" not in str(featvis.layer_table(same)).splitlines()[0]
