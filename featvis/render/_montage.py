@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import numpy as np
 
 from featvis._errors import ArgumentError
 from featvis.render._colormaps import colormap
-from featvis.render._normalize import Clip, _fix_nonfinite, _Range, _range
+from featvis.render._normalize import Clip, _fix_nonfinite, _Range, _range, one_image
 from featvis.render._picture import Picture
 
 __all__ = ["NODATA", "default_grid", "montage", "palette_for"]
@@ -90,14 +91,8 @@ def _grid(
 
 
 def _as_channels(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim == 4:
-        if a.shape[0] != 1:
-            raise ArgumentError(
-                f"montage shows one image's channels, got a batch of {a.shape[0]}; pass acts[i]."
-            )
-        a = a[0]
-    elif a.ndim == 2:
+    a = one_image(a, "montage")
+    if a.ndim == 2:
         a = a[None]
     if a.ndim != 3:
         raise ArgumentError(
@@ -227,11 +222,14 @@ def _tile(levels: np.ndarray, rows: int, cols: int, padding: int) -> np.ndarray:
     shape = (rows * step_h + padding, cols * step_w + padding)
     word = _WORDS.get(step_w)
     base = levels.base
-    if word is not None and base is not None and base.nbytes >= levels.nbytes + 8:
+    if (
+        word is not None
+        and sys.byteorder == "little"
+        and base is not None
+        and base.nbytes >= levels.nbytes + 8
+    ):
         canvas = np.empty(shape, np.uint8)
-        canvas[:padding] = NODATA
-        canvas[padding:, :padding] = NODATA
-        _tile_words(levels, canvas, rows, cols, padding, word)  # fills the rest
+        _tile_words(levels, canvas, rows, cols, padding, word)
         return canvas
     canvas = np.full(shape, NODATA, np.uint8)
     tiles = canvas[padding:, padding:].reshape(rows, step_h, cols, step_w)[:, :h, :, :w]
@@ -253,33 +251,42 @@ def _tile_words(
 ) -> None:
     """The fast path of :func:`_tile` when a tile row plus its gap is 2, 4 or 8 bytes.
 
-    Reading ``w + padding`` bytes from the start of every tile row (overlapping the next row,
-    which the gap bytes then overwrite) turns the placement into a transpose of machine words,
-    which numpy copies about four times faster than runs of ``w`` bytes.
+    Each tile row is read as one little-endian machine word of ``w + padding`` bytes from
+    where the row starts (running into the next row), its last ``padding`` bytes set to NODATA
+    (255) by an OR, and written straight into the canvas, where those bytes are the gap: one
+    transposing pass of machine words, about twice as fast as moving runs of ``w`` bytes.
     """
     count, h, w = levels.shape
+    width = canvas.shape[1]
     step = w + padding
     rows_as_words = np.ndarray(
         shape=(count * h,), dtype=word, buffer=levels.base, offset=0, strides=(w,)
     )
-    filled = np.iinfo(word).max  # every byte NODATA
-    body = np.empty((rows, h + padding, cols), word)
-    full_rows = count // cols
-    body[:full_rows, :h] = (
-        rows_as_words[: full_rows * cols * h].reshape(full_rows, cols, h).transpose(0, 2, 1)
+    gap = word(np.iinfo(word).max) << word(8 * w) if padding else word(0)
+    nodata = word(np.iinfo(word).max)  # every byte NODATA
+    # (rows, h, cols) words at each tile row's first pixel on the canvas (unaligned is fine).
+    out = np.ndarray(
+        shape=(rows, h, cols),
+        dtype=word,
+        buffer=canvas,
+        offset=padding * width + padding,
+        strides=((h + padding) * width, width, step),
     )
+    full_rows = count // cols
+    source = rows_as_words[: full_rows * cols * h].reshape(full_rows, cols, h)
+    np.bitwise_or(source.transpose(0, 2, 1), gap, out=out[:full_rows])
     rest = count - full_rows * cols
     if rest:
-        body[full_rows, :h, :rest] = rows_as_words[full_rows * cols * h :].reshape(rest, h).T
-        body[full_rows, :h, rest:] = filled
-    body[full_rows + bool(rest) :] = filled  # empty rows of a grid chosen by the caller
-    body[:, h:] = filled
-    as_bytes = body.view(np.uint8).reshape(rows, h + padding, cols, step)
-    as_bytes[:, :, :, w:] = NODATA  # the bytes read past each row are the gap
-    canvas[padding:, padding:] = as_bytes.reshape(rows * (h + padding), cols * step)
+        tail = rows_as_words[full_rows * cols * h :].reshape(rest, h).T
+        np.bitwise_or(tail, gap, out=out[full_rows, :, :rest])
+        out[full_rows, :, rest:] = nodata
+    out[full_rows + bool(rest) :] = nodata  # empty rows of a grid chosen by the caller
+    canvas[:padding] = NODATA
+    canvas[padding:, :padding] = NODATA
+    canvas[padding:].reshape(rows, h + padding, width)[:, h:] = NODATA  # gaps under tile rows
 
 
 def _levels_buffer(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialized uint8 array of ``shape`` with 8 spare bytes after it (for _tile)."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     return np.empty(size + 8, np.uint8)[:size].reshape(shape)

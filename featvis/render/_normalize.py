@@ -156,8 +156,8 @@ def normalize(
     return out
 
 
-def _channel_view(a: np.ndarray, what: str) -> np.ndarray:
-    """One image's channels as (C, H*W): accepts (C, H, W) or (1, C, H, W)."""
+def one_image(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` as an array, (1, C, H, W) taken as its (C, H, W); a batch of several is an error."""
     a = np.asarray(a)
     if a.ndim == 4:
         if a.shape[0] != 1:
@@ -165,6 +165,12 @@ def _channel_view(a: np.ndarray, what: str) -> np.ndarray:
                 f"{what} looks at one image, got a batch of {a.shape[0]}; pass acts[i]."
             )
         a = a[0]
+    return a
+
+
+def _channel_view(a: np.ndarray, what: str) -> np.ndarray:
+    """One image's channels as (C, H*W): accepts (C, H, W) or (1, C, H, W)."""
+    a = one_image(a, what)
     if a.ndim != 3:
         raise ArgumentError(f"{what} takes (C, H, W) or (1, C, H, W), got shape {a.shape}.")
     return a.reshape(a.shape[0], -1)

@@ -125,18 +125,34 @@ def test_grid_with_one_side_open() -> None:
         montage(np.zeros((10, 2, 2)), grid=(2, 3))
 
 
-def test_small_and_large_tiles_are_placed_alike() -> None:
-    # 7x7 tiles with padding 1 take a word-copy fast path; compare with padding 2
-    rng = np.random.default_rng(0)
-    acts = rng.standard_normal((37, 7, 7)).astype(np.float32)
-    fast = _gray(montage(acts, grid=(5, 8), padding=1))
-    slow = _gray(montage(acts, grid=(5, 8), padding=2))
+@pytest.mark.parametrize(
+    ("tile", "padding"),
+    # A tile row plus its gap of 2, 4 or 8 bytes takes the machine-word fast path, the
+    # others the general one; NaN pixels and empty tiles are in every case.
+    [((7, 7), 1), ((3, 3), 1), ((5, 1), 1), ((4, 8), 0), ((2, 2), 0), ((7, 7), 2), ((6, 5), 3)],
+)
+def test_every_tile_lands_in_its_cell_with_separators_around(
+    tile: tuple[int, int], padding: int
+) -> None:
+    h, w = tile
+    rng = np.random.default_rng(h * 10 + w)
+    acts = rng.standard_normal((37, h, w)).astype(np.float32)
+    acts[3, 0, 0] = np.nan
+    picture = np.asarray(montage(acts, grid=(5, 8), padding=padding, separator=(0, 0, 255)))
+    low, high = np.nanmin(acts), np.nanmax(acts)
+    # mat2gray over all channels, 255 gray levels; a misplaced pixel is off by far more than 1
+    gray_levels = np.round(np.round((acts - low) / (high - low) * 254) * 255 / 254)
+    blue = np.array([0, 0, 255], np.uint8)
+    expected = np.broadcast_to(blue, (5 * (h + padding) + padding, 8 * (w + padding) + padding, 3))
+    expected = expected.copy()
     for channel in range(37):
         r, c = divmod(channel, 8)
-        np.testing.assert_array_equal(
-            fast[1 + r * 8 : 8 + r * 8, 1 + c * 8 : 8 + c * 8],
-            slow[2 + r * 9 : 9 + r * 9, 2 + c * 9 : 9 + c * 9],
-        )
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        gray = np.nan_to_num(gray_levels[channel]).astype(np.uint8)
+        expected[top : top + h, left : left + w] = gray[:, :, None]
+        nan = np.isnan(gray_levels[channel])
+        expected[top : top + h, left : left + w][nan] = blue
+    np.testing.assert_allclose(picture.astype(int), expected.astype(int), atol=1, rtol=0)
 
 
 def test_montage_of_nan_and_constant_input() -> None:
