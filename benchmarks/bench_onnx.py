@@ -24,7 +24,6 @@ import atexit
 import contextlib
 import io
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from harness import Row, compare
+from harness import Row, compare, median_alone
 from onnx import TensorProto, helper, numpy_helper
 
 import featvis
@@ -171,8 +170,8 @@ def _batch_rows(
     # Not interleaved: a spinning pool keeps its workers busy after each run, which slows
     # whatever runs next on the same cores (the very reason featvis turns spinning off).
     spinning = sessions["spinning"]
-    ours_s = _median(lambda: plain.run(None, feeds), rounds)
-    spin_s = _median(lambda: spinning.run(None, feeds), rounds)
+    ours_s = median_alone(lambda: plain.run(None, feeds), rounds)
+    spin_s = median_alone(lambda: spinning.run(None, feeds), rounds)
     time.sleep(0.5)
     yield Row(
         "onnx",
@@ -181,17 +180,6 @@ def _batch_rows(
         ours_s,
         spin_s,
     )
-
-
-def _median(fn: Callable[[], object], rounds: int) -> float:
-    """Median seconds per call of ``fn`` alone, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _chain(nodes: int) -> Path:

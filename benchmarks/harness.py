@@ -72,6 +72,18 @@ def compare(
     return statistics.median(case_times), statistics.median(reference_times)
 
 
+def median_alone(fn: Callable[[], object], rounds: int) -> float:
+    """Median seconds per call of ``fn`` run alone (not interleaved), after one untimed call:
+    for stage shares, and for what must not run next to another case."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def format_rows(rows: list[Row]) -> str:
     """A Markdown table of rows, as pasted into docs/performance.md."""
     header = "| group | case | reference | case ms | reference ms | ratio | target | |"

@@ -19,7 +19,7 @@ import numpy as np
 from featvis._backend import Backend
 from featvis._errors import ArgumentError
 from featvis._images import Images, prepare_images
-from featvis._layers import CALL_SEPARATOR, Layer, LayerIndex
+from featvis._layers import CALL_SEPARATOR, Layer, LayerIndex, text_table
 
 __all__ = ["ComparisonRow", "ComparisonTable", "compare"]
 
@@ -171,19 +171,8 @@ class ComparisonTable(Sequence[ComparisonRow]):
         return lines
 
     def __str__(self) -> str:
-        rows = [self.columns, *self.cells()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
-        right = {4, 5, 6}
-        lines = []
-        for n, row in enumerate(rows):
-            cells = [
-                c.rjust(w) if i in right else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths))
-            ]
-            lines.append("  ".join(cells).rstrip())
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join([*lines, "", *self.summary()])
+        table = text_table(self.columns, self.cells(), right={4, 5, 6})  # the numbers
+        return "\n".join([table, "", *self.summary()])
 
     __repr__ = __str__
 

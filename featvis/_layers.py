@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import html
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -194,6 +194,25 @@ class LayerIndex:
         )
 
 
+def text_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
+) -> str:
+    """Columns padded to their widest cell, a rule under the header; ``right``: the indices of
+    the columns aligned right (numbers)."""
+    table = [columns, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    lines = []
+    for n, row in enumerate(table):
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _format_shape(shape: tuple[int | None, ...] | None) -> str:
     if shape is None:
         return "?"
@@ -254,19 +273,8 @@ class LayerTable(Sequence[Layer]):
         ]
 
     def __str__(self) -> str:
-        rows = [self.columns, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
         right = {self.columns.index("index"), self.columns.index("params")}  # numbers
-        lines = []
-        for n, row in enumerate(rows):
-            cells = [
-                cell.rjust(w) if i in right else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths))
-            ]
-            lines.append("  ".join(cells).rstrip())
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(self.columns, self.rows(), right)
 
     __repr__ = __str__
 
