@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 
@@ -222,12 +221,7 @@ def _tile(levels: np.ndarray, rows: int, cols: int, padding: int) -> np.ndarray:
     shape = (rows * step_h + padding, cols * step_w + padding)
     word = _WORDS.get(step_w)
     base = levels.base
-    if (
-        word is not None
-        and sys.byteorder == "little"
-        and base is not None
-        and base.nbytes >= levels.nbytes + 8
-    ):
+    if word is not None and base is not None and base.nbytes >= levels.nbytes + 8:
         canvas = np.empty(shape, np.uint8)
         _tile_words(levels, canvas, rows, cols, padding, word)
         return canvas
@@ -251,10 +245,11 @@ def _tile_words(
 ) -> None:
     """The fast path of :func:`_tile` when a tile row plus its gap is 2, 4 or 8 bytes.
 
-    Each tile row is read as one little-endian machine word of ``w + padding`` bytes from
-    where the row starts (running into the next row), its last ``padding`` bytes set to NODATA
-    (255) by an OR, and written straight into the canvas, where those bytes are the gap: one
-    transposing pass of machine words, about twice as fast as moving runs of ``w`` bytes.
+    Each tile row is read as one machine word of ``w + padding`` bytes from where the row
+    starts (running into the next row) and copied straight into the canvas through an
+    unaligned word view, then the ``padding`` bytes it carried past the row are set to NODATA:
+    a transposing copy of machine words, which numpy does about twice as fast as moving runs
+    of ``w`` bytes (and faster than a ufunc, which buffers unaligned words).
     """
     count, h, w = levels.shape
     width = canvas.shape[1]
@@ -262,9 +257,8 @@ def _tile_words(
     rows_as_words = np.ndarray(
         shape=(count * h,), dtype=word, buffer=levels.base, offset=0, strides=(w,)
     )
-    gap = word(np.iinfo(word).max) << word(8 * w) if padding else word(0)
-    nodata = word(np.iinfo(word).max)  # every byte NODATA
-    # (rows, h, cols) words at each tile row's first pixel on the canvas (unaligned is fine).
+    nodata = np.iinfo(word).max  # every byte NODATA
+    # (rows, h, cols) words at each tile row's first pixel on the canvas.
     out = np.ndarray(
         shape=(rows, h, cols),
         dtype=word,
@@ -274,16 +268,20 @@ def _tile_words(
     )
     full_rows = count // cols
     source = rows_as_words[: full_rows * cols * h].reshape(full_rows, cols, h)
-    np.bitwise_or(source.transpose(0, 2, 1), gap, out=out[:full_rows])
+    np.copyto(out[:full_rows], source.transpose(0, 2, 1))
     rest = count - full_rows * cols
     if rest:
-        tail = rows_as_words[full_rows * cols * h :].reshape(rest, h).T
-        np.bitwise_or(tail, gap, out=out[full_rows, :, :rest])
+        np.copyto(
+            out[full_rows, :, :rest], rows_as_words[full_rows * cols * h :].reshape(rest, h).T
+        )
         out[full_rows, :, rest:] = nodata
     out[full_rows + bool(rest) :] = nodata  # empty rows of a grid chosen by the caller
     canvas[:padding] = NODATA
-    canvas[padding:, :padding] = NODATA
-    canvas[padding:].reshape(rows, h + padding, width)[:, h:] = NODATA  # gaps under tile rows
+    body = canvas[padding:].reshape(rows, h + padding, width)
+    body[:, h:] = NODATA  # the gap under each row of tiles
+    body[:, :h, :padding] = NODATA  # the left border
+    if padding:  # the bytes each word carried past its row: the gap after each tile
+        body[:, :h, padding:].reshape(rows, h, cols, step)[..., w:] = NODATA
 
 
 def _levels_buffer(shape: tuple[int, ...]) -> np.ndarray:
