@@ -83,10 +83,13 @@ def test_alexnet_layer_table_reads_like_matlab(alexnet: tuple[object, Path]) -> 
     assert by_alias["pool1"].description == "3x3 max pooling with stride [2 2] and padding [0 0]"
     assert by_alias["fc1"].description == "4096 fully connected layer"
     assert by_alias["fc3"].output_shape == (None, 1000, 1, 1)
-    table = str(featvis.layer_table(backend))
-    assert "features.10" not in table  # the table shows tensor names; sources are a field
     assert by_alias["conv5"].source == "features.10"
     assert by_alias["relu5"].source == "features.11"
+    # The table names each tensor and, for an export, the module it came from.
+    lines = str(featvis.layer_table(backend)).splitlines()
+    assert lines[0].split()[:5] == ["index", "name", "alias", "module", "type"]
+    row = next(line.split() for line in lines if " conv5 " in line)
+    assert row[1:5] == [by_alias["conv5"].name, "conv5", "features.10", "Conv"]
 
 
 def test_descriptions_match_featvis_torch(alexnet: tuple[object, Path]) -> None:
