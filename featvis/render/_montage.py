@@ -166,7 +166,7 @@ def _levels(
     out = _levels_buffer(channels.shape)
     if normalize == "global" and clip is None and limits is None:
         least, most = float(channels.min()), float(channels.max())
-        if np.isfinite(least) and np.isfinite(most):
+        if math.isfinite(least) and math.isfinite(most):
             # The common case, kept lean: (a - low + 0.5/k) * k = (a - low) * k + 0.5, cast
             # (truncating) into uint8 rounds to the nearest level. Constant input gives 0.
             step = _LEVELS / (most - least) if most > least else 0.0
@@ -207,7 +207,8 @@ def _levels(
     return out
 
 
-_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_WORDS: dict[int, type] = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_FILLED: dict[type, int] = {word: np.iinfo(word).max for word in _WORDS.values()}  # NODATA bytes
 
 
 def _tile(levels: np.ndarray, rows: int, cols: int, padding: int) -> np.ndarray:
@@ -257,7 +258,7 @@ def _tile_words(
     rows_as_words = np.ndarray(
         shape=(count * h,), dtype=word, buffer=levels.base, offset=0, strides=(w,)
     )
-    nodata = np.iinfo(word).max  # every byte NODATA
+    nodata = _FILLED[word]  # every byte NODATA
     # (rows, h, cols) words at each tile row's first pixel on the canvas.
     out = np.ndarray(
         shape=(rows, h, cols),
