@@ -190,7 +190,8 @@ class LayerIndex:
         listing = ", ".join(shown) + (f", ... and {more} more" if more > 0 else "")
         return (
             f"Unknown layer {key!r}.{hint} Layers: {listing} "
-            "(see backend.layers() or featvis.layer_table(backend))."
+            "(all of them: featvis.layer_table(backend) in Python, `featvis layers MODEL` in a "
+            "shell)."
         )
 
 
