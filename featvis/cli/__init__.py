@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--by",
         choices=["max", "mean", "l2"],
         default="max",
-        help="how 'strongest' is measured (default: max, as MATLAB's max(max(max())))",
+        help="how 'strongest' is measured (default: max, as MATLAB's max(max(max()))); "
+        "after a clipped ReLU (ReLU6) many channels tie at the ceiling: mean or l2 tell them "
+        "apart",
     )
     show.add_argument(
         "--normalize",

@@ -209,7 +209,9 @@ def strongest_channel(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max"
     -------
     int
         A 0-based channel index (MATLAB counts from 1: its channel 32 is featvis's 31). Ties go
-        to the lowest index, as MATLAB's ``max`` does.
+        to the lowest index, as MATLAB's ``max`` does. After a clipped ReLU (ReLU6) many
+        channels reach the ceiling and tie under ``"max"``; ``"mean"`` or ``"l2"`` tell them
+        apart.
 
     Examples
     --------
