@@ -48,13 +48,18 @@ def accepts(model: Any) -> bool:
 
 def load(model: Any, **options: Any) -> OnnxBackend:
     """An :class:`OnnxBackend` for ``model``; options are its keyword arguments."""
+    return _backend_class()(model, **options)
+
+
+def _backend_class() -> type[OnnxBackend]:
+    """:class:`OnnxBackend`, imported with onnx and onnxruntime; a missing one is named."""
     try:
         from featvis_onnx._backend import OnnxBackend
     except ImportError as exc:
         if (exc.name or "").split(".")[0] in _DEPENDENCIES:
             raise featvis.MissingDependencyError(_MISSING) from exc
         raise
-    return OnnxBackend(model, **options)
+    return OnnxBackend
 
 
 @featvis.hookimpl
@@ -74,11 +79,5 @@ def register_backends(register: Any) -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "OnnxBackend":
-        try:
-            from featvis_onnx._backend import OnnxBackend
-        except ImportError as exc:
-            if (exc.name or "").split(".")[0] in _DEPENDENCIES:
-                raise featvis.MissingDependencyError(_MISSING) from exc
-            raise
-        return OnnxBackend
+        return _backend_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

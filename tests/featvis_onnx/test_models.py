@@ -45,6 +45,8 @@ def test_a_missing_runtime_names_the_extra(monkeypatch: pytest.MonkeyPatch, zoo:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
     with pytest.raises(featvis.MissingDependencyError, match=r"pip install 'featvis\[onnx\]'"):
         featvis.load(zoo)
+    with pytest.raises(featvis.MissingDependencyError, match=r"featvis\[onnx\]"):
+        featvis_onnx.OnnxBackend  # noqa: B018
 
 
 def test_external_data_is_read_from_the_model_folder(
