@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
@@ -13,7 +13,7 @@ from featvis._errors import ArgumentError
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer, LayerIndex
 
-__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
+__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw", "layer_resolver"]
 
 #: A layer is named by its backend-native name, its alias, or the :class:`Layer` itself.
 LayerKey = str | Layer
@@ -76,6 +76,14 @@ def as_nchw(array: np.ndarray) -> np.ndarray:
     elif array.ndim > 4:
         array = array.reshape(*array.shape[:2], -1, array.shape[-1])
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def layer_resolver(backend: Backend) -> Callable[[LayerKey], Layer]:
+    """How ``backend`` finds a layer by name: its own ``layer()`` where it has one (a backend
+    may know more names than names and aliases, as the ONNX backend knows module paths and
+    why a tensor is not a layer), else a :class:`LayerIndex` of its layers."""
+    own = getattr(backend, "layer", None)
+    return own if callable(own) else LayerIndex(backend.layers()).resolve
 
 
 class BackendBase(ABC):

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from featvis._backend import Backend
+from featvis._backend import Backend, layer_resolver
 from featvis._errors import ArgumentError
 from featvis._images import Images, prepare_images
-from featvis._layers import CALL_SEPARATOR, Layer, LayerIndex, text_table
+from featvis._layers import CALL_SEPARATOR, Layer, text_table
 
 __all__ = ["ComparisonRow", "ComparisonTable", "compare"]
 
@@ -418,7 +418,7 @@ def compare(
     names = _names(backend_a, backend_b)
     layers_a = backend_a.layers()
     layers_b = backend_b.layers()
-    wanted = None if layers is None else _chosen(backend_a, layers_a, layers)
+    wanted = None if layers is None else _chosen(backend_a, layers)
     matcher = _Matcher(layers_a, layers_b)
     matcher.run()
     batch = _batch(images, backend_a, backend_b)
@@ -443,10 +443,8 @@ def compare(
     return ComparisonTable(rows, unmatched_a, unmatched_b, names=names, rtol=rtol, atol=atol)
 
 
-def _chosen(
-    backend: Any, layers: list[Layer], keys: Sequence[str | Layer] | str | Layer
-) -> set[str]:
+def _chosen(backend: Any, keys: Sequence[str | Layer] | str | Layer) -> set[str]:
     """The names of the layers ``keys`` name (names or aliases), resolved as the backend does."""
     keys = [keys] if isinstance(keys, (str, Layer)) else list(keys)
-    resolve = getattr(backend, "layer", None) or LayerIndex(layers).resolve
+    resolve = layer_resolver(backend)
     return {resolve(key).name for key in keys}

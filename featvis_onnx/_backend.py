@@ -309,7 +309,10 @@ class _OnnxLayerIndex(LayerIndex):
             reason = self._why_not(name)
             if reason is None:
                 raise
-            raise UnknownLayerError(f"{reason} (See backend.layers() for the layers.)") from None
+            raise UnknownLayerError(
+                f"{reason} (The layers: featvis.layer_table(backend) in Python, "
+                "`featvis layers MODEL` in a shell.)"
+            ) from None
 
 
 def _nchw_shape(

@@ -7,8 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from featvis._backend import layer_resolver
 from featvis._errors import ArgumentError, FeatvisError
-from featvis._layers import LayerIndex, layer_table
+from featvis._layers import layer_table
 from featvis._version import __version__
 from featvis.cli._inputs import IMAGE_HELP, MODEL_HELP, open_image, open_model, parse_grid
 from featvis.cli._report import describe, layer_sections, write_report
@@ -43,7 +44,7 @@ def _cmd_show(args: argparse.Namespace, console: Console) -> int:
         )
     backend = open_model(args.model, backend=args.backend)
     _, image = open_image(args.image)
-    layer = LayerIndex(backend.layers()).resolve(args.layer)
+    layer = layer_resolver(backend)(args.layer)
     acts = backend.activations(image, [layer.name])[layer.name]
     channels = acts.shape[1]
     info = describe(layer, acts)
@@ -89,11 +90,11 @@ def _cmd_show(args: argparse.Namespace, console: Console) -> int:
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     backend = open_model(args.model, backend=args.backend)
     images = [open_image(spec) for spec in args.images]
-    index = LayerIndex(backend.layers())
+    resolve = layer_resolver(backend)
     layers = (
-        [index.resolve(name) for name in args.layers]
+        [resolve(name) for name in args.layers]
         if args.layers
-        else walkthrough_layers(index.layers)
+        else walkthrough_layers(backend.layers())
     )
     with console.progress(len(images) * len(layers), "figures") as bar:
         sections = layer_sections(backend, images, layers, normalize=args.normalize, progress=bar)

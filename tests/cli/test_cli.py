@@ -266,3 +266,10 @@ def test_demo_through_onnx_keeps_the_aliases_and_checks_parity(tmp_path: Path) -
     assert "Parity: PyTorch vs ONNX Runtime" in html
     layers = featvis("layers", str(out / "model.onnx")).stdout
     assert " conv1 " in layers and " relu1 " in layers
+    # --layer is resolved by the backend: an exported layer by its module path, and a tensor
+    # that is no layer with the backend's reason.
+    model = str(out / "model.onnx")
+    shown = featvis("show", model, "skimage:chelsea", "--layer", "_conv_head", cwd=tmp_path)
+    assert "conv49 (" in shown.stdout and (tmp_path / "conv49.png").is_file()
+    weight = featvis("show", model, "skimage:chelsea", "--layer", "_conv_stem.weight", ok=False)
+    assert "is a weight of the model" in error_line(weight)
