@@ -11,7 +11,14 @@ from featvis._backend import layer_resolver
 from featvis._errors import ArgumentError, FeatvisError
 from featvis._layers import layer_table
 from featvis._version import __version__
-from featvis.cli._inputs import IMAGE_HELP, MODEL_HELP, open_image, open_model, parse_grid
+from featvis.cli._inputs import (
+    DISPLAY_SIZE,
+    IMAGE_HELP,
+    MODEL_HELP,
+    open_image,
+    open_model,
+    parse_grid,
+)
 from featvis.cli._report import describe, layer_sections, write_report
 from featvis.cli._steps import Console, walkthrough_layers
 from featvis.plugins import list_backends, list_models
@@ -147,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Neural Network' step by step: the image, the layer table, the prediction, the first "
         "conv layer's channels, one channel and the strongest channel beside the image, the "
         "same for a deep conv layer, and that layer next to its ReLU. Writes numbered PNGs and "
-        "report.html into DIR.",
+        "report.html into DIR. The model sees the full image; figures show it at most "
+        f"{DISPLAY_SIZE} pixels on its longer side.",
     )
     demo.add_argument(
         "--backend",
@@ -225,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write one self-contained HTML report",
         description="Write an HTML file (figures inlined, opens offline) with the layer table "
-        "and, for each image and layer, a montage and the strongest channel beside the image.",
+        "and, for each image and layer, a montage and the strongest channel beside the image "
+        f"(shown at most {DISPLAY_SIZE} pixels on its longer side; the model sees it whole).",
     )
     _add_model(report)
     report.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGE_HELP)

@@ -21,7 +21,7 @@ from featvis._errors import ArgumentError
 from featvis._images import read_image
 from featvis._layers import Layer, layer_table
 from featvis._predict import top_predictions
-from featvis.cli._inputs import open_image
+from featvis.cli._inputs import for_display, open_image
 from featvis.cli._report import (
     Figure,
     Section,
@@ -63,9 +63,9 @@ def _channel(k: int, channels: int) -> int:
     return min(k - 1, channels - 1)
 
 
-def _beside(image: Any, *maps: np.ndarray) -> Picture:
-    """The image followed by each map, every map normalized alone and resized to the image."""
-    width = read_image(image).shape[1]
+def _beside(image: np.ndarray, *maps: np.ndarray) -> Picture:
+    """The RGB image followed by each map, every map normalized alone and resized to it."""
+    width = image.shape[1]
     panels = [np.asarray(pair(image, maps[0]))]
     panels += [np.asarray(pair(image, m))[:, width:] for m in maps[1:]]
     return Picture(np.concatenate(panels, axis=1))
@@ -103,7 +103,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     clock.lap("load model")
 
     label, image = open_image(args.image)
-    rgb = read_image(image)
+    rgb = for_display(image)  # what the figures show; the model gets the full image
     figures: list[tuple[str, Figure]] = []
 
     def save(name: str, figure: Figure) -> None:
@@ -112,8 +112,9 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         figures.append((path.name, figure))
         say(f"      -> {path}")
 
-    say(f"[2] Read an image: {label}, {rgb.shape[0]}x{rgb.shape[1]} pixels")
-    save("image", Figure(f"The image: {label}", Picture(rgb), f"{rgb.shape[0]}x{rgb.shape[1]} RGB"))
+    height, width = read_image(image).shape[:2]
+    say(f"[2] Read an image: {label}, {height}x{width} pixels")
+    save("image", Figure(f"The image: {label}", Picture(rgb), f"{height}x{width} RGB"))
 
     table = layer_table(layers)
     (out / "layers.txt").write_text(str(table) + "\n", encoding="utf-8")
@@ -157,7 +158,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"{first.alias}_channel{k}",
         Figure(
             f"{first.alias}, channel {k}",
-            pair(image, a1[k]),
+            pair(rgb, a1[k]),
             f"Channel {k} (MATLAB's {k + 1}): mat2gray of this channel alone, resized to "
             "the image.",
         ),
@@ -168,7 +169,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"{first.alias}_strongest",
         Figure(
             f"{first.alias}, strongest channel {s1}",
-            pair(image, a1[s1]),
+            pair(rgb, a1[s1]),
             f"Channel {s1} holds the layer's largest value (MATLAB's max(max(max(act)))).",
         ),
     )
@@ -188,7 +189,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"{deep.alias}_strongest",
         Figure(
             f"{deep.alias}, strongest channel {s5}",
-            pair(image, a5[s5]),
+            pair(rgb, a5[s5]),
             "The deep layer's strongest channel, resized to the image.",
         ),
     )
@@ -198,7 +199,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"{deep.alias}_channel{c}",
             Figure(
                 f"{deep.alias}, channel {c}",
-                pair(image, a5[c]),
+                pair(rgb, a5[c]),
                 f"Channel {c} (MATLAB's {c + 1}) of the deep layer.",
             ),
         )
@@ -221,7 +222,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"{deep.alias}_vs_{relu.alias}",
             Figure(
                 f"{deep.alias} vs {relu.alias}, channel {s5}",
-                _beside(image, a5[s5], ar[s5]),
+                _beside(rgb, a5[s5], ar[s5]),
                 f"The image, channel {s5} of {deep.alias}, and the same channel after "
                 f"{relu.alias}: the ReLU keeps only the positive evidence, so what it "
                 "localizes stands out.",

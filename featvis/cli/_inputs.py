@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from featvis._backend import Backend
 from featvis._errors import ArgumentError, BackendNotFoundError, ImageError, ModelError
+from featvis._images import _load, read_image
 from featvis.plugins import list_models, load
 
-__all__ = ["IMAGE_HELP", "MODEL_HELP", "open_image", "open_model"]
+__all__ = ["DISPLAY_SIZE", "IMAGE_HELP", "MODEL_HELP", "for_display", "open_image", "open_model"]
 
 MODEL_HELP = (
     "a model: a path to an .onnx file; a name (efficientnet_lite0, torchvision:alexnet, "
@@ -77,7 +79,8 @@ def open_model(spec: str, *, backend: str | None = None) -> Backend:
 
 
 def open_image(spec: str) -> tuple[str, Any]:
-    """``(label, image)`` for the IMAGE argument: a file path, or ``skimage:NAME``."""
+    """``(label, image)`` for the IMAGE argument (a file path, or ``skimage:NAME``): the image
+    decoded, as featvis's functions take it."""
     if spec.startswith("skimage:"):
         name = spec.partition(":")[2]
         import skimage.data
@@ -95,7 +98,26 @@ def open_image(spec: str) -> tuple[str, Any]:
     path = Path(spec)
     if not path.is_file():
         raise ImageError(f"No such image file: {spec!r}.")
-    return path.name, path
+    # Decoded once here, upright and RGB (16-bit kept as float): every figure and the model
+    # reuse it instead of decoding the file again.
+    return path.name, _load(path)
+
+
+#: The longer side of the image in the demo's and the report's figures, in pixels. The model
+#: sees the full image (resized by its Preprocess); a 16-megapixel photo beside each map made
+#: 15 MB PNGs and a 130 MB report.
+DISPLAY_SIZE = 1024
+
+
+def for_display(image: Any) -> np.ndarray:
+    """``image`` as RGB uint8, shrunk (keeping its aspect) to at most :data:`DISPLAY_SIZE`."""
+    rgb = read_image(image)
+    height, width = rgb.shape[:2]
+    scale = DISPLAY_SIZE / max(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
 
 
 def parse_grid(text: str) -> tuple[int | None, int | None]:

@@ -18,6 +18,7 @@ from featvis._backend import Backend
 from featvis._layers import Layer, layer_table
 from featvis._predict import top_predictions
 from featvis._version import __version__
+from featvis.cli._inputs import for_display
 from featvis.render import Picture, montage, pair, strongest_channel
 
 __all__ = ["Figure", "Section", "layer_sections", "normalization_caption", "write_report"]
@@ -149,6 +150,7 @@ def layer_sections(
     """Per image: the prediction, and per layer a montage and the strongest channel's pair."""
     sections = []
     for label, image in images:
+        shown = for_display(image)  # the figures' copy; the model gets the full image
         section = Section(f"Image: {label}")
         if getattr(backend, "categories", None):
             section.html = predictions_html(top_predictions(backend, image, k=5)[0])
@@ -168,7 +170,7 @@ def layer_sections(
             section.figures.append(
                 Figure(
                     f"{layer.alias}: strongest channel {strongest}",
-                    pair(image, acts[0, strongest]),
+                    pair(shown, acts[0, strongest]),
                     f"Channel {strongest} (MATLAB's {strongest + 1}) holds the layer's largest "
                     "activation; it is normalized alone (mat2gray), resized to the image and "
                     "shown beside it.",

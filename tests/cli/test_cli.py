@@ -214,6 +214,27 @@ def test_report_is_one_self_contained_file(tmp_path: Path) -> None:
         assert f"<td>{field}</td>" in html
 
 
+def test_a_large_photo_is_shown_at_display_size(tmp_path: Path) -> None:
+    import base64
+    import io
+    import re
+
+    from skimage import data
+
+    big = Image.fromarray(data.chelsea()).resize((3000, 2000))  # a 6-megapixel photo
+    big.save(tmp_path / "photo.jpg", quality=90)
+    featvis("report", "efficientnet_lite0", "photo.jpg", "--layers", "conv1", cwd=tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    pictures = [
+        Image.open(io.BytesIO(base64.b64decode(encoded)))
+        for encoded in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    ]
+    assert len(pictures) == 2  # conv1: its montage, and its strongest channel beside the photo
+    paired = pictures[1]
+    assert paired.size == (2 * 1024, 683)  # the photo at 1024x683, its channel as large
+    assert len(html) < 8_000_000
+
+
 def test_backends_and_models_are_listed() -> None:
     backends = featvis("backends").stdout
     assert "torch (torch.nn.Module; ready)" in backends and "onnx (" in backends
