@@ -27,6 +27,7 @@ GROUPS = {
         "ModelSpec",
         "Preprocess",
         "hookimpl",
+        "requiring",
     ],
     "Layers": ["Layer", "KINDS", "number_layers", "layer_table", "LayerTable"],
     "Images in": ["read_image", "prepare_images", "IMAGENET_MEAN", "IMAGENET_STD"],

@@ -34,6 +34,7 @@ from featvis.plugins import (
     list_models,
     load,
     load_model,
+    requiring,
 )
 from featvis.render import (
     Picture,
@@ -87,6 +88,7 @@ __all__ = [
     "pair",
     "prepare_images",
     "read_image",
+    "requiring",
     "resize",
     "strongest_channel",
     "top_channels",

@@ -7,11 +7,12 @@ names it; set the environment variable ``FEATVIS_STRICT_PLUGINS=1`` to make that
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -20,7 +21,7 @@ import pluggy
 
 from featvis import hookspecs
 from featvis._backend import Backend
-from featvis._errors import BackendNotFoundError, PluginError
+from featvis._errors import BackendNotFoundError, MissingDependencyError, PluginError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -34,6 +35,7 @@ __all__ = [
     "load_model",
     "load_plugins",
     "pm",
+    "requiring",
 ]
 
 ENTRY_POINT_GROUP = "featvis"
@@ -125,6 +127,34 @@ class ModelSpec:
     def matches(self, name: str) -> bool:
         """Whether this spec serves ``name``."""
         return name.startswith(self.name) if self.prefix else name == self.name
+
+
+@contextlib.contextmanager
+def requiring(message: str, modules: Iterable[str]) -> Iterator[None]:
+    """Within the block, failing to import one of ``modules`` raises
+    :class:`MissingDependencyError` with ``message`` (which says what to install).
+
+    For plugins, around the import of the module that needs the framework. An ImportError of
+    any other module (a bug in the plugin) propagates as it is.
+
+    Examples
+    --------
+    >>> import featvis
+    >>> with featvis.requiring("needs nosuchnet: pip install featvis-nosuchnet", ["nosuchnet"]):
+    ...     import nosuchnet.layers
+    Traceback (most recent call last):
+    ...
+    featvis._errors.MissingDependencyError: needs nosuchnet: pip install featvis-nosuchnet
+    """
+    wanted = set(modules)
+    try:
+        yield
+    except MissingDependencyError:
+        raise
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in wanted:
+            raise MissingDependencyError(message) from exc
+        raise
 
 
 def _strict() -> bool:

@@ -53,12 +53,8 @@ def load(model: Any, **options: Any) -> OnnxBackend:
 
 def _backend_class() -> type[OnnxBackend]:
     """:class:`OnnxBackend`, imported with onnx and onnxruntime; a missing one is named."""
-    try:
+    with featvis.requiring(_MISSING, _DEPENDENCIES):
         from featvis_onnx._backend import OnnxBackend
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] in _DEPENDENCIES:
-            raise featvis.MissingDependencyError(_MISSING) from exc
-        raise
     return OnnxBackend
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["TorchBackend", "register_backends", "register_models"]
 
 _MISSING = "featvis backend 'torch' needs PyTorch: pip install 'featvis[torch]'"
+_FRAMEWORK = ("torch", "torchvision")
 
 
 def _accepts(model: object) -> bool:
@@ -34,12 +35,8 @@ def _accepts(model: object) -> bool:
 
 
 def _backend_class() -> type[TorchBackend]:
-    try:
+    with featvis.requiring(_MISSING, _FRAMEWORK):
         from featvis_torch._backend import TorchBackend
-    except ImportError as exc:
-        if exc.name is not None and exc.name.split(".")[0] in ("torch", "torchvision"):
-            raise featvis.MissingDependencyError(_MISSING) from exc
-        raise
     return TorchBackend
 
 
@@ -66,12 +63,8 @@ def _loader(function: str) -> Any:
     """A ``ModelSpec.load`` that imports :mod:`featvis_torch._named` (and torch) when called."""
 
     def load(name: str) -> TorchBackend:
-        try:
+        with featvis.requiring(_MISSING, _FRAMEWORK):
             from featvis_torch import _named
-        except ImportError as exc:
-            if exc.name is not None and exc.name.split(".")[0] in ("torch", "torchvision"):
-                raise featvis.MissingDependencyError(_MISSING) from exc
-            raise
         return getattr(_named, function)(name)
 
     return load

@@ -210,3 +210,14 @@ def test_loading_entry_points_is_idempotent(site: Path) -> None:
     plugins.load_plugins()
     featvis.list_backends()
     assert len(plugins.pm.get_plugins()) == count
+
+
+def test_requiring_names_what_to_install_and_lets_other_import_errors_through() -> None:
+    message = "needs nosuchnet: pip install featvis-nosuchnet"
+    missing = pytest.raises(featvis.MissingDependencyError, match="pip install featvis-nosuchnet")
+    with missing, featvis.requiring(message, ["nosuchnet"]):
+        import nosuchnet  # type: ignore[import-not-found]  # noqa: F401
+    # A module the plugin itself lacks is a bug of the plugin, not a missing framework.
+    with pytest.raises(ImportError) as raised, featvis.requiring("needs it", ["nosuchnet"]):
+        import featvis_plugin_typo  # type: ignore[import-not-found]  # noqa: F401
+    assert not isinstance(raised.value, featvis.MissingDependencyError)
