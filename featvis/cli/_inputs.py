@@ -68,7 +68,14 @@ def open_model(spec: str, *, backend: str | None = None) -> Backend:
         )
     named = [model for model in list_models() if model.matches(spec)]
     if named:
-        return named[0].load(spec)
+        opened = named[0].load(spec)
+        if backend is not None and getattr(opened, "name", backend) != backend:
+            raise ArgumentError(
+                f"Model {spec!r} opens with the {getattr(opened, 'name', '?')!r} backend; "
+                f"--backend {backend} applies to model files and callables. For ONNX, export "
+                "it first (featvis demo --backend onnx does)."
+            )
+        return opened
     if _CALLABLE.match(spec):
         return _from_callable(spec, backend)
     names = ", ".join(m.name + ("NAME" if m.prefix else "") for m in list_models()) or "none"

@@ -76,6 +76,7 @@ def test_layers_of_the_embedded_model_and_a_callable() -> None:
         (("layers", "torchvision:not_a_net:random"), "no classification model 'not_a_net'"),
         (("layers", "missing.onnx"), "No such ONNX file"),
         (("layers", "no.such.module:build"), "Cannot import 'no.such.module'"),
+        (("layers", "efficientnet_lite0", "--backend", "onnx"), "opens with the 'torch' backend"),
     ],
 )
 def test_bad_models_are_one_line_errors(args: tuple[str, ...], message: str) -> None:
