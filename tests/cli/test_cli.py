@@ -236,6 +236,41 @@ def test_a_large_photo_is_shown_at_display_size(tmp_path: Path) -> None:
     assert len(html) < 8_000_000
 
 
+def _stderr_on_a_terminal(*args: str, cwd: Path) -> str:
+    """What the command writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # 30 rows of 100 columns: a terminal without a size has no room for a bar.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    with subprocess.Popen(
+        [*COMMAND, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=follower
+    ) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=300) == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_long_runs_show_progress_and_quiet_silences_it(tmp_path: Path) -> None:
+    args = ("report", "efficientnet_lite0", "skimage:chelsea", "skimage:coffee")
+    shown = _stderr_on_a_terminal(*args, cwd=tmp_path)
+    assert "figures" in shown and "0/6" in shown  # a tqdm bar over 2 images x 3 layers
+    assert _stderr_on_a_terminal("--quiet", *args, cwd=tmp_path).strip() == ""
+
+
 def test_backends_and_models_are_listed() -> None:
     backends = featvis("backends").stdout
     assert "torch (torch.nn.Module; ready)" in backends and "onnx (" in backends
