@@ -27,13 +27,13 @@ from featvis.cli._report import (
     Section,
     called,
     describe,
-    normalization_caption,
+    montage_figure,
     predictions_html,
     write_report,
 )
 from featvis.cli._steps import Console, walkthrough_layers
 from featvis.plugins import load, load_model
-from featvis.render import Picture, montage, pair, strongest_channel
+from featvis.render import Picture, pair, strongest_channel
 
 __all__ = ["run_demo"]
 
@@ -141,14 +141,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
 
     a1 = acts[first.name]
     say(f"[5] Activations of the first conv layer: {describe(first, a1[None])}")
-    save(
-        f"{first.alias}_montage",
-        Figure(
-            f"{first.alias}: all {len(a1)} channels",
-            montage(a1),
-            f"{describe(first, a1[None])}, tiled row by row; {normalization_caption('global')}.",
-        ),
-    )
+    save(f"{first.alias}_montage", montage_figure(first, a1))
     k = _channel(32, len(a1))
     say(
         f"[6] One channel: {k} (MATLAB's channel {k + 1}), normalized alone, resized, "
@@ -176,14 +169,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
 
     a5 = acts[deep.name]
     say(f"[8] A deep layer: {describe(deep, a5[None])}")
-    save(
-        f"{deep.alias}_montage",
-        Figure(
-            f"{deep.alias}: all {len(a5)} channels",
-            montage(a5),
-            f"{describe(deep, a5[None])}; {normalization_caption('global')}.",
-        ),
-    )
+    save(f"{deep.alias}_montage", montage_figure(deep, a5))
     s5 = strongest_channel(a5)
     save(
         f"{deep.alias}_strongest",
@@ -210,14 +196,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"[9] After the nonlinearity: {describe(relu, ar[None])}; channel {s5} of "
             f"{deep.alias} before and after it"
         )
-        save(
-            f"{relu.alias}_montage",
-            Figure(
-                f"{relu.alias}: all {len(ar)} channels",
-                montage(ar),
-                f"{describe(relu, ar[None])}; {normalization_caption('global')}.",
-            ),
-        )
+        save(f"{relu.alias}_montage", montage_figure(relu, ar))
         save(
             f"{deep.alias}_vs_{relu.alias}",
             Figure(

@@ -139,6 +139,16 @@ def describe(layer: Layer, acts: np.ndarray) -> str:
     return f"{called(layer)}: {channels} channels of {height}x{width}"
 
 
+def montage_figure(layer: Layer, acts: np.ndarray, normalize: str = "global") -> Figure:
+    """Every channel of one image's activations ``(C, H, W)``, with what and how it shows."""
+    return Figure(
+        f"{layer.alias}: all {len(acts)} channels",
+        montage(acts, normalize=normalize),
+        f"{describe(layer, acts[None])}, tiled row by row from channel 0; "
+        f"{normalization_caption(normalize)}.",
+    )
+
+
 def layer_sections(
     backend: Backend,
     images: Sequence[tuple[str, Any]],
@@ -157,15 +167,7 @@ def layer_sections(
         outputs = backend.activations(image, [layer.name for layer in layers])
         for layer in layers:
             acts = outputs[layer.name]
-            section.figures.append(
-                Figure(
-                    f"{layer.alias}: all channels",
-                    montage(acts[0], normalize=normalize),
-                    f"{describe(layer, acts)}, tiled row by row from channel 0; "
-                    + normalization_caption(normalize)
-                    + ".",
-                )
-            )
+            section.figures.append(montage_figure(layer, acts[0], normalize))
             strongest = strongest_channel(acts[0])
             section.figures.append(
                 Figure(
