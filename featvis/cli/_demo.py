@@ -18,7 +18,7 @@ import numpy as np
 from featvis._backend import Backend
 from featvis._compare import compare
 from featvis._errors import ArgumentError
-from featvis._images import read_image
+from featvis._images import image_size
 from featvis._layers import Layer, layer_table
 from featvis._predict import top_predictions
 from featvis.cli._inputs import for_display, open_image
@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         figures.append((path.name, figure))
         say(f"      -> {path}")
 
-    height, width = read_image(image).shape[:2]
+    height, width = image_size(image)
     say(f"[2] Read an image: {label}, {height}x{width} pixels")
     save("image", Figure(f"The image: {label}", Picture(rgb), f"{height}x{width} RGB"))
 
