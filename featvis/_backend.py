@@ -21,6 +21,8 @@ LayerKey = str | Layer
 #: Images per forward pass when the caller does not choose.
 DEFAULT_BATCH_SIZE = 32
 
+_FLOAT32 = np.dtype(np.float32)
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -207,25 +209,22 @@ class BackendBase(ABC):
         ImageError
             For an image that cannot be read.
         """
-        keys: list[LayerKey]
-        if isinstance(layers, (str, Layer)):
-            single, keys = True, [layers]
-        else:
-            single, keys = False, list(layers)
-        if not keys:
-            raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
         index = self._layer_index()
+        size = batch_size or DEFAULT_BATCH_SIZE
+        if isinstance(layers, (str, Layer)):  # one layer: the common case, kept short
+            layer = index.resolve(layers)
+            return self._run_batches(self._prepare(images), [layer], size, progress)[0]
+        keys = list(layers)
+        if not keys:
+            raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
         resolved = [index.resolve(key) for key in keys]
         distinct = list({layer.name: layer for layer in resolved}.values())
 
-        batch = self._prepare(images)
-        outputs = self._run_batches(batch, distinct, batch_size or DEFAULT_BATCH_SIZE, progress)
+        outputs = self._run_batches(self._prepare(images), distinct, size, progress)
 
         by_name = dict(zip((layer.name for layer in distinct), outputs))
-        if single:
-            return by_name[resolved[0].name]
         result: dict[str, np.ndarray] = {}
         for key, layer in zip(keys, resolved):
             result[key.name if isinstance(key, Layer) else key] = by_name[layer.name]
@@ -236,24 +235,27 @@ class BackendBase(ABC):
     ) -> list[np.ndarray]:
         total = len(batch)
         if total <= batch_size:
-            return self._checked_run(batch, layers)
+            return self._checked_run(batch, layers, total)
         bar = _progress_bar(total, progress)
         results: list[np.ndarray] = []
         try:
             for start in range(0, total, batch_size):
-                part = self._checked_run(batch[start : start + batch_size], layers)
+                part = batch[start : start + batch_size]
+                outs = self._checked_run(part, layers, min(batch_size, total - start))
                 if not results:
-                    results = [np.empty((total, *out.shape[1:]), np.float32) for out in part]
-                for full, out in zip(results, part):
+                    results = [np.empty((total, *out.shape[1:]), np.float32) for out in outs]
+                for full, out in zip(results, outs):
                     full[start : start + len(out)] = out
                 if bar is not None:
-                    bar.update(len(part[0]))
+                    bar.update(len(outs[0]))
         finally:
             if bar is not None:
                 bar.close()
         return results
 
-    def _checked_run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray]:
+    def _checked_run(self, batch: Any, layers: list[Layer], size: int) -> list[np.ndarray]:
+        """:meth:`_run`, with its promise checked: ``(size, C, H, W)`` float32 arrays, one per
+        layer (a backend's bug would otherwise show up later as a wrong picture)."""
         outputs = self._run(batch, layers)
         if len(outputs) != len(layers):
             raise RuntimeError(
@@ -264,14 +266,14 @@ class BackendBase(ABC):
             if not (
                 isinstance(out, np.ndarray)
                 and out.ndim == 4
-                and out.dtype == np.float32
-                and len(out) == len(batch)
+                and (out.dtype is _FLOAT32 or out.dtype == _FLOAT32)  # `is`: the usual, fast
+                and out.shape[0] == size
             ):
                 raise RuntimeError(
                     f"{type(self).__name__}._run returned {type(out).__name__} "
                     f"{getattr(out, 'shape', '')} {getattr(out, 'dtype', '')} for layer "
                     f"{layer.name!r}; expected an (N, C, H, W) float32 array with "
-                    f"N={len(batch)} (a bug in the backend)."
+                    f"N={size} (a bug in the backend)."
                 )
         return outputs
 

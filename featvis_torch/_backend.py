@@ -36,6 +36,7 @@ from featvis_torch._capture import (
     NLC,
     Capture,
     Extraction,
+    ModuleTree,
     Plan,
     StopForward,
     all_modules,
@@ -131,6 +132,7 @@ class TorchBackend(BackendBase):
         self._sites: dict[str, _Site] = {}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = lock_for(self.model)
+        self._tree = ModuleTree(self.model)
         self.provenance.update(torch=torch.__version__, model=type(self.model).__name__)
 
     def to_onnx(self, path: str | os.PathLike[str]) -> Path:
@@ -203,6 +205,15 @@ class TorchBackend(BackendBase):
         return prepare_images(images, self.preprocess)
 
     def _input(self, batch: Any, first: torch.Tensor | None) -> torch.Tensor:
+        if (  # the common case, checked first: a tensor already where the model is
+            type(batch) is torch.Tensor
+            and first is not None
+            and self._device is None
+            and batch.dtype is first.dtype
+            and batch.device == first.device
+            and not first.is_meta
+        ):
+            return batch
         device, dtype = self._place(first)
         x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
         if x.dtype != dtype or x.device != device:
@@ -327,10 +338,11 @@ class TorchBackend(BackendBase):
 
     def _forward(self, batch: Any, plan: Plan, *, copy_last: bool) -> Capture:
         """One forward pass taking the outputs of ``plan``, stopped after the last one."""
-        with Extraction(self.model, self._lock) as extraction:
+        with Extraction(self.model, self._lock, tree=self._tree) as extraction:
             x = self._input(batch, extraction.first)
             capture = Capture(plan, x.shape[0], copy_last=copy_last)
-            extraction.handles.extend(m.register_forward_hook(capture) for m in plan.modules)
+            for module in plan.modules:
+                extraction.handles.append(module.register_forward_hook(capture))
             try:
                 self.model(x)
             except StopForward:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "NLC",
     "Capture",
     "Extraction",
+    "ModuleTree",
     "Plan",
     "StopForward",
     "all_modules",
@@ -143,7 +146,7 @@ def owns_storage(view: torch.Tensor) -> bool:
     keeps, not another view (a view made in ``inference_mode`` does not hold its base). Call it
     once the forward pass has unwound, so that its frames no longer hold their tensors.
     """
-    if _ALONE is None or not view.is_cpu or view.dtype != torch.float32:
+    if _ALONE is None or not view.is_cpu or view.dtype is not torch.float32:
         return False
     if view.dim() != 4 or view.storage_offset() != 0 or not view.is_contiguous():
         return False
@@ -182,6 +185,48 @@ def all_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+_children = attrgetter("_modules")
+_training = attrgetter("training")
+_thread = threading.get_ident
+# What torch.inference_mode enters, without building that Python wrapper on every call (which
+# costs more than the rest of an extraction's bookkeeping after a small forward pass).
+_inference_mode = getattr(torch._C, "_InferenceMode", torch.inference_mode)
+
+
+class ModuleTree:
+    """The modules of a model, walked once and then only re-checked on each extraction.
+
+    :meth:`modules` returns what :func:`all_modules` would return now. It compares every
+    container's children with the ones it saw (by identity, in order: a module with its own
+    ``__eq__`` cannot pass for another) and checks that every leaf is still a leaf, mostly in
+    C loops, about 2x cheaper than walking again. A module added, removed or swapped anywhere
+    fails the check, and the model is walked again. It keeps the modules it saw (so that their
+    ids stay theirs) until that next check. Use it under the model's lock.
+    """
+
+    __slots__ = ("_containers", "_kids", "_leaves", "_modules", "model")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._modules: list[nn.Module] = []
+        self._containers: list[nn.Module] = []
+        self._kids: list[tuple[int, ...]] = []
+        self._leaves: list[nn.Module] = []
+
+    def modules(self) -> list[nn.Module]:
+        if not (
+            self._modules
+            and [tuple(map(id, kids.values())) for kids in map(_children, self._containers)]
+            == self._kids
+            and not any(map(_children, self._leaves))
+        ):
+            self._modules = all_modules(self.model)
+            self._containers = [m for m in self._modules if m._modules]
+            self._kids = [tuple(map(id, m._modules.values())) for m in self._containers]
+            self._leaves = [m for m in self._modules if not m._modules]
+        return self._modules
+
+
 def first_tensor_of(modules: list[nn.Module]) -> torch.Tensor | None:
     """The first parameter of ``modules``, else their first buffer: what the input follows."""
     for kind in ("_parameters", "_buffers"):
@@ -198,7 +243,8 @@ class Extraction:
     """``with Extraction(model) as extraction:`` runs a block with ``model`` in eval mode, under
     ``torch.inference_mode``, alone.
 
-    Entering walks the modules once: it switches those in training mode to eval and finds
+    Entering goes over every module once (walking the model, or checking ``tree``, a
+    :class:`ModuleTree` of it): it switches those in training mode to eval and finds
     :attr:`first`, the first parameter (else buffer), whose device and dtype the input takes.
     The caller appends hook handles to :attr:`handles`. On the way out, whatever happened (an
     exception in forward, ``KeyboardInterrupt``), every handle is removed and every module's
@@ -206,36 +252,47 @@ class Extraction:
     that overrides it sees nothing. Extractions from one model are serialized by a lock.
     """
 
+    __slots__ = ("_mode", "first", "handles", "inference", "lock", "model", "switched", "tree")
+
     def __init__(
-        self, model: nn.Module, lock: threading.RLock | None = None, *, inference: bool = True
+        self,
+        model: nn.Module,
+        lock: threading.RLock | None = None,
+        *,
+        inference: bool = True,
+        tree: ModuleTree | None = None,
     ) -> None:
         self.model = model
         self.lock = lock or lock_for(model)
+        self.tree = tree
         self.handles: list[Any] = []
         self.switched: list[nn.Module] = []
         self.first: torch.Tensor | None = None
-        self.inference = torch.inference_mode(inference)
+        self.inference = inference
+        self._mode: Any = None
 
     def __enter__(self) -> Extraction:
         self.lock.acquire()
         try:
             self._walk()
-            self.inference.__enter__()
+            self._mode = _inference_mode(self.inference)
+            self._mode.__enter__()
         except BaseException:
             self._restore()
             raise
         return self
 
     def _walk(self) -> None:
-        modules = all_modules(self.model)
-        self.switched = [module for module in modules if module.training]
+        modules = all_modules(self.model) if self.tree is None else self.tree.modules()
+        self.switched = list(compress(modules, map(_training, modules)))
         for module in self.switched:
             module.training = False
         self.first = first_tensor_of(modules)
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.inference.__exit__(*exc)
+            if self._mode is not None:
+                self._mode.__exit__(*exc)
         finally:
             self._restore()
 
@@ -281,6 +338,11 @@ class Capture:
     must have.
     """
 
+    __slots__ = (
+        "bad", "batch", "calls", "copy_last", "last", "owner", "remaining", "results", "stopped",
+        "wanted",
+    )  # fmt: skip
+
     def __init__(self, plan: Plan, batch: int, *, copy_last: bool) -> None:
         self.wanted = plan.wanted
         self.calls = dict.fromkeys(plan.wanted, 0)
@@ -288,7 +350,7 @@ class Capture:
         self.remaining = plan.size
         self.batch = batch
         self.copy_last = copy_last
-        self.owner = threading.get_ident()
+        self.owner = _thread()
         self.last: tuple[int, torch.Tensor] | None = None
         #: ``(slot, tensor)`` of an output that breaks the NCHW rule (reported by the caller).
         self.bad: tuple[int, torch.Tensor | None] | None = None
@@ -296,7 +358,7 @@ class Capture:
         self.stopped = False
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if threading.get_ident() != self.owner:
+        if _thread() != self.owner:
             return  # another thread running the same module: not ours to take
         key = id(module)
         call = self.calls[key] = self.calls[key] + 1
@@ -304,7 +366,7 @@ class Capture:
         if found is None or self.remaining == 0:
             return
         slot, layout = found
-        tensor = first_tensor(output)
+        tensor = output if type(output) is torch.Tensor else first_tensor(output)
         view = nchw_view(tensor, layout)
         if view is None or view.shape[0] != self.batch:
             self.bad = (slot, tensor)

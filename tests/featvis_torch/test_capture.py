@@ -158,6 +158,45 @@ def test_extraction_runs_in_eval_mode(tiny: nn.Module, images: list[np.ndarray])
     np.testing.assert_allclose(got[:, :, 0, 0], expected, rtol=1e-6, atol=1e-7)
 
 
+def _in_training(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if module.training]
+
+
+@pytest.mark.parametrize(
+    "change", ["swap a child of the model", "swap a module in a container", "give a leaf a child"]
+)
+def test_modules_added_after_an_extraction_also_run_in_eval_mode(
+    tiny: nn.Module, images: list[np.ndarray], change: str
+) -> None:
+    # featvis remembers the module tree between calls; a change anywhere must be seen.
+    model = copy.deepcopy(tiny).eval()
+    model.drop = nn.Sequential(nn.Dropout(0.5)).eval()
+    backend = TorchBackend(model, preprocess=Preprocess(size=TINY_SIZE))
+    backend.activations(images, "prob")
+    if change == "swap a child of the model":
+        model.flatten = nn.Sequential(nn.Flatten(), nn.Dropout(0.5))  # new modules: training
+    elif change == "swap a module in a container":
+        model.drop[0] = nn.Dropout(0.5)
+    else:
+        model.relu2.add_module("unused", nn.Dropout(0.5))
+    trained = _in_training(model)
+    assert trained, "the change must bring modules in training mode"
+
+    seen: list[list[str]] = []
+    handle = model.prob.register_forward_pre_hook(lambda m, a: seen.append(_in_training(model)))
+    try:
+        got = backend.activations(images, "prob")
+    finally:
+        handle.remove()
+
+    assert seen == [[]], "every module runs in eval mode"
+    assert _in_training(model) == trained, "and gets its own flag back"
+    x = torch.from_numpy(featvis.prepare_images(images, backend.preprocess))
+    with torch.inference_mode():
+        expected = _eval_copy(model)(x).numpy()
+    np.testing.assert_allclose(got[:, :, 0, 0], expected, rtol=1e-6, atol=1e-7)
+
+
 # -- the NCHW rule ---------------------------------------------------------------------------
 
 
