@@ -316,8 +316,8 @@ class TorchBackend(BackendBase):
         if capture.bad is not None:
             slot, tensor = capture.bad
             raise _layout_error(layers[slot], tensor, len(batch))
-        missing = [layer.name for layer, out in zip(layers, capture.results) if out is None]
-        if missing:
+        if capture.remaining:  # some outputs were not taken
+            missing = [layer.name for layer, out in zip(layers, capture.results) if out is None]
             raise ModelError(
                 f"Layer(s) {', '.join(map(repr, missing))} did not run in this forward pass "
                 f"of a ({len(batch)}, ...) input, though they ran when the layers were listed: "
@@ -327,7 +327,7 @@ class TorchBackend(BackendBase):
 
     def _plan(self, layers: list[Layer]) -> Plan:
         """What to hook for these layers; built once per distinct request."""
-        key = tuple(layer.name for layer in layers)
+        key = tuple([layer.name for layer in layers])
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 64:
