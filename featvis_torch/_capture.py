@@ -199,7 +199,8 @@ class ModuleTree:
     :meth:`modules` returns what :func:`all_modules` would return now. It compares every
     container's children with the ones it saw (by identity, in order: a module with its own
     ``__eq__`` cannot pass for another) and checks that every leaf is still a leaf, mostly in
-    C loops, about 2x cheaper than walking again. A module added, removed or swapped anywhere
+    C loops: 1.4x cheaper than walking again (4 us against 6 on AlexNet, 25 against 36 on
+    ResNet-50, measured warm on a 2-core VM). A module added, removed or swapped anywhere
     fails the check, and the model is walked again. It keeps the modules it saw (so that their
     ids stay theirs) until that next check. Use it under the model's lock.
     """
