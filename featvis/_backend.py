@@ -266,7 +266,7 @@ class BackendBase(ABC):
             if not (
                 isinstance(out, np.ndarray)
                 and out.ndim == 4
-                and (out.dtype is _FLOAT32 or out.dtype == _FLOAT32)  # `is`: the usual, fast
+                and out.dtype == _FLOAT32
                 and out.shape[0] == size
             ):
                 raise RuntimeError(

@@ -367,7 +367,7 @@ class Capture:
         if found is None or self.remaining == 0:
             return
         slot, layout = found
-        tensor = output if type(output) is torch.Tensor else first_tensor(output)
+        tensor = first_tensor(output)
         view = nchw_view(tensor, layout)
         if view is None or view.shape[0] != self.batch:
             self.bad = (slot, tensor)
