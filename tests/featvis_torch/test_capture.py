@@ -353,6 +353,9 @@ def test_other_float_dtypes_come_back_as_float32(
         want = expected.float().numpy().reshape(out[name].shape)
         np.testing.assert_array_equal(out[name], want, err_msg=name)
     assert (out["bn1"] < 0).any()  # taken before the in-place ReLU
+    # A float32 tensor is converted to the model's dtype, as images are.
+    x32 = torch.from_numpy(featvis.prepare_images(images, backend.preprocess))
+    np.testing.assert_array_equal(backend.activations(x32, "conv1"), out["conv1"])
 
 
 def test_a_channels_last_model_gives_nchw(
