@@ -29,6 +29,14 @@ GROUPS = {
         "hookimpl",
         "requiring",
     ],
+    "Capabilities": [
+        "Scorer",
+        "Differentiable",
+        "Objective",
+        "Gradients",
+        "OnnxExportable",
+        "require",
+    ],
     "Layers": ["Layer", "KINDS", "number_layers", "layer_table", "LayerTable"],
     "Images in": ["read_image", "prepare_images", "IMAGENET_MEAN", "IMAGENET_STD"],
     "Rendering": [
@@ -41,7 +49,12 @@ GROUPS = {
         "overlay",
         "Picture",
     ],
-    "Predictions and comparison": ["top_predictions", "compare", "ComparisonTable"],
+    "Predictions and comparison": [
+        "probabilities",
+        "top_predictions",
+        "compare",
+        "ComparisonTable",
+    ],
     "Errors and warnings": [
         "FeatvisError",
         "ArgumentError",
@@ -51,6 +64,7 @@ GROUPS = {
         "UnknownLayerError",
         "AmbiguousLayerError",
         "BackendNotFoundError",
+        "CapabilityError",
         "MissingDependencyError",
         "PluginError",
         "FeatvisPluginWarning",

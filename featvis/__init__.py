@@ -8,11 +8,20 @@
 """
 
 from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
+from featvis._capabilities import (
+    Differentiable,
+    Gradients,
+    Objective,
+    OnnxExportable,
+    Scorer,
+    require,
+)
 from featvis._compare import ComparisonTable, compare
 from featvis._errors import (
     AmbiguousLayerError,
     ArgumentError,
     BackendNotFoundError,
+    CapabilityError,
     FeatvisError,
     ImageError,
     LayoutError,
@@ -23,7 +32,7 @@ from featvis._errors import (
 )
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
-from featvis._predict import top_predictions
+from featvis._predict import probabilities, top_predictions
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
 from featvis.plugins import (
@@ -57,9 +66,12 @@ __all__ = [
     "BackendBase",
     "BackendNotFoundError",
     "BackendSpec",
+    "CapabilityError",
     "ComparisonTable",
+    "Differentiable",
     "FeatvisError",
     "FeatvisPluginWarning",
+    "Gradients",
     "ImageError",
     "Layer",
     "LayerKey",
@@ -68,9 +80,12 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ModelSpec",
+    "Objective",
+    "OnnxExportable",
     "Picture",
     "PluginError",
     "Preprocess",
+    "Scorer",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
@@ -87,7 +102,9 @@ __all__ = [
     "overlay",
     "pair",
     "prepare_images",
+    "probabilities",
     "read_image",
+    "require",
     "requiring",
     "resize",
     "strongest_channel",

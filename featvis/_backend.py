@@ -13,7 +13,7 @@ from featvis._errors import ArgumentError
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer, LayerIndex
 
-__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw", "layer_resolver"]
+__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
 
 #: A layer is named by its backend-native name, its alias, or the :class:`Layer` itself.
 LayerKey = str | Layer
@@ -28,13 +28,39 @@ _FLOAT32 = np.dtype(np.float32)
 class Backend(Protocol):
     """What featvis needs from a framework: its layers, and their activations for images.
 
-    Every built-in and third-party backend satisfies this protocol; subclassing
-    :class:`BackendBase` is the easy way to do so.
+    Every built-in and third-party backend has these members, and featvis's functions use
+    nothing else of a backend without first checking a capability (:class:`featvis.Scorer`,
+    :class:`featvis.Differentiable`, :class:`featvis.OnnxExportable`). Subclassing
+    :class:`BackendBase` is the easy way to have them all.
     """
+
+    #: The backend's registered name, e.g. ``"torch"``.
+    name: str
+    #: How images become model input.
+    preprocess: Preprocess
+    #: Class names of the model's outputs, when known (for :func:`featvis.top_predictions`).
+    categories: list[str] | None
+    #: Where the results come from, for reports: framework versions, model file and hash...
+    provenance: dict[str, str]
 
     def layers(self) -> list[Layer]:
         """The model's layers in execution order, numbered and aliased by :func:`number_layers`."""
         ...
+
+    def layer(self, key: LayerKey) -> Layer:
+        """The layer named ``key``: a name or alias (or another name the backend knows, such
+        as the module path of an exported layer); :class:`UnknownLayerError` if none."""
+        ...
+
+    @overload
+    def activations(  # type: ignore[overload-overlap]  # a str is also a Sequence
+        self, images: Images, layers: LayerKey, *, batch_size: int | None = ...
+    ) -> np.ndarray: ...
+
+    @overload
+    def activations(
+        self, images: Images, layers: Sequence[LayerKey], *, batch_size: int | None = ...
+    ) -> dict[str, np.ndarray]: ...
 
     def activations(
         self,
@@ -80,47 +106,46 @@ def as_nchw(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def layer_resolver(backend: Backend) -> Callable[[LayerKey], Layer]:
-    """How ``backend`` finds a layer by name: its own ``layer()`` where it has one (a backend
-    may know more names than names and aliases, as the ONNX backend knows module paths and
-    why a tensor is not a layer), else a :class:`LayerIndex` of its layers."""
-    own = getattr(backend, "layer", None)
-    return own if callable(own) else LayerIndex(backend.layers()).resolve
-
-
 class BackendBase(ABC):
     """A base for backends: name resolution, batching and result assembly are done here.
 
     A subclass sets :attr:`name`, implements :meth:`_list_layers` and :meth:`_run`, and may
-    override :meth:`_prepare` to accept framework tensors.
+    override :meth:`_prepare` to accept framework tensors. It decides its preprocessing (and
+    anything else it knows) before calling ``BackendBase.__init__``, which only stores values.
 
     Parameters
     ----------
-    preprocess : Preprocess or None
-        How images become model input; ``None`` takes :meth:`default_preprocess`.
+    preprocess : Preprocess, optional
+        How images become model input. Default: 224x224, ImageNet mean and std.
+    categories : list of str, optional
+        Class names of the model's outputs.
+    provenance : dict of str to str, optional
+        Facts about the model for reports; ``{"backend": name}`` is always included.
     """
 
     #: The backend's registered name, e.g. ``"torch"``.
     name: str = "base"
 
-    def __init__(self, *, preprocess: Preprocess | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        preprocess: Preprocess | None = None,
+        categories: Sequence[str] | None = None,
+        provenance: dict[str, str] | None = None,
+    ) -> None:
         if preprocess is not None and not isinstance(preprocess, Preprocess):
             raise ArgumentError(
                 f"preprocess must be a featvis.Preprocess, not {type(preprocess).__name__}."
             )
-        self.preprocess = preprocess if preprocess is not None else self.default_preprocess()
-        #: Class names of the model's last layer, when known (for :func:`featvis.top_predictions`).
-        self.categories: list[str] | None = None
+        self.preprocess: Preprocess = preprocess if preprocess is not None else Preprocess()
+        #: Class names of the model's outputs, when known (for :func:`featvis.top_predictions`).
+        self.categories: list[str] | None = None if categories is None else list(categories)
         #: Where the results come from, for reports: framework versions, model file and hash...
         #: Backends and model loaders add entries.
-        self.provenance: dict[str, str] = {"backend": self.name}
+        self.provenance: dict[str, str] = {"backend": self.name, **(provenance or {})}
         self._index: LayerIndex | None = None
 
     # -- for subclasses ------------------------------------------------------------------------
-
-    def default_preprocess(self) -> Preprocess:
-        """The preprocessing used when none is given: 224x224, ImageNet mean and std."""
-        return Preprocess()
 
     @abstractmethod
     def _list_layers(self) -> list[Layer]:
@@ -252,6 +277,35 @@ class BackendBase(ABC):
             if bar is not None:
                 bar.close()
         return results
+
+    def _batched(
+        self,
+        images: Images,
+        fn: Callable[[Any], np.ndarray],
+        batch_size: int | None,
+        *,
+        progress: bool | None = False,
+    ) -> np.ndarray:
+        """``fn`` on each batch of the prepared ``images``, the results concatenated along the
+        first axis: for per-image outputs other than activations (a model's scores)."""
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch = self._prepare(images)
+        total = len(batch)
+        size = batch_size or DEFAULT_BATCH_SIZE
+        if total <= size:
+            return fn(batch)
+        bar = _progress_bar(total, progress)
+        parts = []
+        try:
+            for start in range(0, total, size):
+                parts.append(fn(batch[start : start + size]))
+                if bar is not None:
+                    bar.update(len(parts[-1]))
+        finally:
+            if bar is not None:
+                bar.close()
+        return np.concatenate(parts)
 
     def _checked_run(self, batch: Any, layers: list[Layer], size: int) -> list[np.ndarray]:
         """:meth:`_run`, with its promise checked: ``(size, C, H, W)`` float32 arrays, one per

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from featvis._backend import Backend, layer_resolver
+from featvis._backend import Backend
 from featvis._errors import ArgumentError
 from featvis._images import Images, prepare_images
 from featvis._layers import CALL_SEPARATOR, Layer, text_table
@@ -331,25 +331,21 @@ def _stats(
     return max_abs, max_rel, cosine, passed, ""
 
 
-def _batch(images: Images, backend_a: Any, backend_b: Any) -> Any:
+def _batch(images: Images, backend_a: Backend, backend_b: Backend) -> Any:
     """One prepared batch for both backends: ``backend_a``'s preprocessing, checked against b's."""
-    pre_a = getattr(backend_a, "preprocess", None)
-    pre_b = getattr(backend_b, "preprocess", None)
-    sizes = {getattr(pre, "size", None) for pre in (pre_a, pre_b)} - {None}
+    pre_a, pre_b = backend_a.preprocess, backend_b.preprocess
+    sizes = {pre.size for pre in (pre_a, pre_b)} - {None}
     if len(sizes) > 1:
         raise ArgumentError(
-            f"The backends prepare images at different sizes ({pre_a.size} and {pre_b.size}), "  # type: ignore[union-attr]
+            f"The backends prepare images at different sizes ({pre_a.size} and {pre_b.size}), "
             "so their layers cannot be compared. Give both the same "
             "featvis.Preprocess(size=...), e.g. featvis.load(model, preprocess=other.preprocess)."
         )
-    if pre_a is None:
-        return images
     return prepare_images(images, pre_a)
 
 
-def _names(backend_a: Any, backend_b: Any) -> tuple[str, str]:
-    a = str(getattr(backend_a, "name", "a"))
-    b = str(getattr(backend_b, "name", "b"))
+def _names(backend_a: Backend, backend_b: Backend) -> tuple[str, str]:
+    a, b = str(backend_a.name), str(backend_b.name)
     return ("a", "b") if a == b else (a, b)
 
 
@@ -443,8 +439,7 @@ def compare(
     return ComparisonTable(rows, unmatched_a, unmatched_b, names=names, rtol=rtol, atol=atol)
 
 
-def _chosen(backend: Any, keys: Sequence[str | Layer] | str | Layer) -> set[str]:
+def _chosen(backend: Backend, keys: Sequence[str | Layer] | str | Layer) -> set[str]:
     """The names of the layers ``keys`` name (names or aliases), resolved as the backend does."""
     keys = [keys] if isinstance(keys, (str, Layer)) else list(keys)
-    resolve = layer_resolver(backend)
-    return {resolve(key).name for key in keys}
+    return {backend.layer(key).name for key in keys}

@@ -11,6 +11,7 @@ Every one derives from :class:`FeatvisError`, and also from the builtin that fit
     ├── UnknownLayerError(KeyError)       a layer name or alias that the model does not have
     │   └── AmbiguousLayerError           a name that matches several calls of one module
     ├── BackendNotFoundError(LookupError) no installed backend accepts the model
+    ├── CapabilityError(TypeError)        the backend cannot do what a method needs (gradients)
     ├── MissingDependencyError(ImportError) a backend's framework is not installed
     └── PluginError(RuntimeError)         a plugin failed to load (strict mode only)
 
@@ -24,6 +25,7 @@ __all__ = [
     "AmbiguousLayerError",
     "ArgumentError",
     "BackendNotFoundError",
+    "CapabilityError",
     "FeatvisError",
     "ImageError",
     "LayoutError",
@@ -68,6 +70,10 @@ class AmbiguousLayerError(UnknownLayerError):
 
 class BackendNotFoundError(FeatvisError, LookupError):
     """No installed backend accepts the model, or the named backend is not installed."""
+
+
+class CapabilityError(FeatvisError, TypeError):
+    """The backend lacks a capability a method needs (see :mod:`featvis._capabilities`)."""
 
 
 class MissingDependencyError(FeatvisError, ImportError):

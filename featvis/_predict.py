@@ -1,22 +1,57 @@
-"""What the model predicts: the top classes from its last layer."""
+"""What the model predicts: class probabilities and the top classes."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from featvis._backend import Backend
+from featvis._capabilities import Scorer
 from featvis._errors import ArgumentError
 from featvis._images import Images
 
-__all__ = ["top_predictions"]
+__all__ = ["probabilities", "softmax", "top_predictions"]
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed in float64 for stability, returned as float32."""
+    x = np.asarray(scores, np.float64)
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def probabilities(backend: Backend, images: Images, *, batch_size: int | None = None) -> np.ndarray:
+    """Class probabilities for ``images``, ``(N, K)`` float32.
+
+    From the model's own output when the backend is a :class:`featvis.Scorer` (a softmax is
+    applied unless its :attr:`~featvis.Scorer.score_kind` says the scores already are
+    probabilities); otherwise from the last listed layer, taken as scores (a softmax is applied
+    unless that layer is of kind ``"prob"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import featvis
+    >>> from featvis.testing import tiny_cnn
+    >>> p = featvis.probabilities(tiny_cnn(), np.zeros((32, 32)))
+    >>> p.shape, round(float(p.sum()), 5)
+    ((1, 10), 1.0)
+    """
+    if isinstance(backend, Scorer):
+        scores = backend.scores(images, batch_size=batch_size)
+        already = backend.score_kind == "probabilities"
+    else:
+        last = backend.layers()[-1]
+        out = backend.activations(images, last, batch_size=batch_size)
+        scores = out.reshape(len(out), -1)
+        already = last.kind == "prob"
+    return np.ascontiguousarray(scores, np.float32) if already else softmax(scores)
 
 
 def top_predictions(backend: Backend, images: Images, k: int = 5) -> list[list[tuple[str, float]]]:
-    """The ``k`` most probable classes for each image, from the model's last layer.
+    """The ``k`` most probable classes for each image (see :func:`probabilities`).
 
-    The last layer's output is taken as class scores; a softmax turns them into probabilities
-    unless that layer already is one (kind ``"prob"``). Class names come from
-    ``backend.categories`` when the backend has them, else they are the class indices.
+    Class names come from ``backend.categories`` when the backend has them, else they are the
+    class indices.
 
     Returns
     -------
@@ -35,19 +70,11 @@ def top_predictions(backend: Backend, images: Images, k: int = 5) -> list[list[t
     """
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ArgumentError(f"k must be a positive integer, got {k!r}.")
-    last = backend.layers()[-1]
-    scores = np.asarray(backend.activations(images, last.name), np.float64)
-    scores = scores.reshape(len(scores), -1)
-    if last.kind == "prob":
-        probs = scores
-    else:
-        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
-    categories = getattr(backend, "categories", None)
+    probs = probabilities(backend, images)
+    categories = backend.categories
     if categories is not None and len(categories) != probs.shape[1]:
         raise ArgumentError(
-            f"The model's last layer {last.name!r} has {probs.shape[1]} outputs but "
-            f"{len(categories)} class names were given."
+            f"The model has {probs.shape[1]} outputs but {len(categories)} class names were given."
         )
     rows = []
     for row in probs:

@@ -30,11 +30,15 @@ from typing import Any
 import numpy as np
 
 from featvis._backend import BackendBase, as_nchw
+from featvis._capabilities import ScoreKind, as_scores
 from featvis._errors import ArgumentError, UnknownLayerError
 from featvis._images import Preprocess
 from featvis._layers import KINDS, Layer, number_layers
 
-__all__ = ["ArrayBackend", "BackendContract", "Step", "tiny_cnn"]
+__all__ = ["DEFAULT_PREPROCESS", "ArrayBackend", "BackendContract", "Step", "tiny_cnn"]
+
+#: ArrayBackend's preprocessing unless another is given: 32x32 RGB scaled to [-1, 1].
+DEFAULT_PREPROCESS = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 @dataclass(frozen=True)
@@ -56,23 +60,43 @@ class ArrayBackend(BackendBase):
     chain once on zeros of the preprocess size. Execution stops after the last requested layer,
     and every output is copied, so a step that works in place cannot change a captured value.
 
+    It is a :class:`featvis.Scorer`: the last step's output is the model's scores,
+    probabilities when that step is of kind ``"prob"``.
+
     Parameters
     ----------
     steps : sequence of Step
     preprocess : Preprocess, optional
         Defaults to 32x32 RGB scaled to [-1, 1].
+    categories : list of str, optional
+        Names of the classes the last step scores.
     """
 
     name = "array"
 
-    def __init__(self, steps: Sequence[Step], *, preprocess: Preprocess | None = None) -> None:
-        super().__init__(preprocess=preprocess)
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        *,
+        preprocess: Preprocess | None = None,
+        categories: Sequence[str] | None = None,
+    ) -> None:
         if not steps:
             raise ArgumentError("An ArrayBackend needs at least one step.")
+        super().__init__(preprocess=preprocess or DEFAULT_PREPROCESS, categories=categories)
         self.steps = list(steps)
+        self.score_kind: ScoreKind = "probabilities" if steps[-1].kind == "prob" else "logits"
 
-    def default_preprocess(self) -> Preprocess:
-        return Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    def scores(self, images: Any, *, batch_size: int | None = None) -> np.ndarray:
+        """The last step's output for ``images``, as ``(N, K)`` float32 scores."""
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = batch
+            for step in self.steps:
+                x = step.fn(x)
+            return as_scores(np.array(x, copy=True), len(batch), "The last step")
+
+        return self._batched(images, run, batch_size)
 
     def _list_layers(self) -> list[Layer]:
         size = self.preprocess.size or (32, 32)
@@ -113,7 +137,10 @@ def _conv(weight: np.ndarray, bias: np.ndarray, pad: int) -> Callable[[np.ndarra
         k = weight.shape[-1]
         padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))
-        out = np.einsum("nchwij,ocij->nohw", windows, weight, optimize=True)
+        # In float64, so that an image's result does not depend on the batch it is in (BLAS
+        # sums float32 in a batch-dependent order): the contract checks image i of a batch
+        # against image i alone.
+        out = np.einsum("nchwij,ocij->nohw", windows, weight.astype(np.float64), optimize=True)
         return (out + bias[None, :, None, None]).astype(np.float32)
 
     return conv
@@ -193,7 +220,7 @@ def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBac
         ),
         Step(
             "head",
-            lambda x: (x @ wf.T + bf).astype(np.float32),
+            lambda x: (x @ wf.T.astype(np.float64) + bf).astype(np.float32),  # as _conv
             "fc",
             "Linear",
             wf.size + bf.size,

@@ -21,6 +21,7 @@ from featvis import (
     number_layers,
     prepare_images,
 )
+from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import LayerIndex
 from featvis_onnx._describe import describe, kind_of, param_count
 from featvis_onnx._graph import FLOAT_TYPES, GraphInfo
@@ -106,16 +107,18 @@ class OnnxBackend(BackendBase):
         self._loaded = read_model(model)
         self._graph = GraphInfo(self._loaded)
         self._inputs = ModelInputs(self._graph, inputs)
-        super().__init__(preprocess=preprocess)
+        if preprocess is None:
+            preprocess = self._default_preprocess()
         size, channels = self._inputs.size, self._inputs.channels
-        if size is not None and self.preprocess.size != size:
-            self.preprocess = dataclasses.replace(self.preprocess, size=size)
-        if channels is not None and self.preprocess.channels != channels:
+        if size is not None and preprocess.size != size:
+            preprocess = dataclasses.replace(preprocess, size=size)
+        if channels is not None and preprocess.channels != channels:
             raise ArgumentError(
                 f"The model's input {self._inputs.image.name!r} takes {channels} channels; "
-                f"the Preprocess has {self.preprocess.channels} mean values. Give one mean and "
+                f"the Preprocess has {preprocess.channels} mean values. Give one mean and "
                 "std per channel."
             )
+        super().__init__(preprocess=preprocess)
         self._sessions = Sessions(
             self._graph,
             providers=chosen,
@@ -149,7 +152,7 @@ class OnnxBackend(BackendBase):
         """The input the images are fed to."""
         return self._inputs.image
 
-    def default_preprocess(self) -> Preprocess:
+    def _default_preprocess(self) -> Preprocess:
         """ImageNet normalization at the model's fixed size, or 224x224 (see the class doc)."""
         size = self._inputs.size or (224, 224)
         top = self._inputs.integer_pixels
@@ -262,6 +265,12 @@ class OnnxBackend(BackendBase):
         for tensor_plan in plans:
             if tensor_plan.rank == 4:
                 tensor_plan.check_layout()  # before running anything
+        raws = self._run_tensors(batch, names)
+        return [tensor_plan.convert(raw) for tensor_plan, raw in zip(plans, raws)]
+
+    def _run_tensors(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The raw values of the tensors ``names`` for a prepared batch, from one sub-model,
+        run in pieces of the model's fixed batch size when it has one."""
         session = self._sessions.get(names)
         total = len(batch)
         step = self._inputs.batch or total
@@ -281,11 +290,39 @@ class OnnxBackend(BackendBase):
                 ) from None
             for collected, raw in zip(parts, raws):
                 collected.append(raw[:real] if real < step else raw)
-        outputs = []
-        for tensor_plan, collected in zip(plans, parts):
-            raw = collected[0] if len(collected) == 1 else np.concatenate(collected)
-            outputs.append(tensor_plan.convert(raw))
-        return outputs
+        return [c[0] if len(c) == 1 else np.concatenate(c) for c in parts]
+
+    # -- scores ------------------------------------------------------------------------------
+
+    @property
+    def score_output(self) -> str:
+        """The graph output that holds the class scores: the first float one."""
+        g = self._graph
+        floats = [name for name in g.outputs if g.elem_type(name) in (*FLOAT_TYPES, None)]
+        if not floats:
+            raise ModelError(
+                f"{self._loaded.origin} has no float output to read class scores from "
+                f"(outputs: {', '.join(g.outputs)})."
+            )
+        return floats[0]
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        """``"probabilities"`` when the score output is computed by a Softmax, else
+        ``"logits"``."""
+        index = self._graph.producer.get(self.score_output)
+        op = self._graph.nodes[index].op_type if index is not None else ""
+        return "probabilities" if op == "Softmax" else "logits"
+
+    def scores(self, images: Any, *, batch_size: int | None = None) -> np.ndarray:
+        """The model's output :attr:`score_output` for ``images``, as ``(N, K)`` float32."""
+        name = self.score_output
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            (raw,) = self._run_tensors(batch, [name])
+            return as_scores(raw, len(batch), f"Output {name!r} of {self._loaded.origin}")
+
+        return self._batched(images, run, batch_size)
 
 
 class _OnnxLayerIndex(LayerIndex):

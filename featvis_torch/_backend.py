@@ -30,6 +30,7 @@ from featvis import (
     number_layers,
     prepare_images,
 )
+from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import CALL_SEPARATOR
 from featvis_torch._capture import (
     NCL,
@@ -133,6 +134,7 @@ class TorchBackend(BackendBase):
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = lock_for(self.model)
         self._tree = ModuleTree(self.model)
+        self._score_kind: ScoreKind | None = None
         self.provenance.update(torch=torch.__version__, model=type(self.model).__name__)
 
     def to_onnx(self, path: str | os.PathLike[str]) -> Path:
@@ -160,6 +162,39 @@ class TorchBackend(BackendBase):
         ):
             torch.onnx.export(self.model, (x,), path, dynamo=True, optimize=False)
         return path
+
+    # -- scores --------------------------------------------------------------------------------
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        """``"probabilities"`` when the model's last layer is a softmax module, else
+        ``"logits"`` (set it yourself for a model that applies a softmax in its forward)."""
+        if self._score_kind is None:
+            layers = self.layers()
+            self._score_kind = "probabilities" if layers and layers[-1].kind == "prob" else "logits"
+        return self._score_kind
+
+    @score_kind.setter
+    def score_kind(self, value: ScoreKind) -> None:
+        if value not in ("logits", "probabilities"):
+            raise ArgumentError(f"score_kind must be 'logits' or 'probabilities', not {value!r}.")
+        self._score_kind = value
+
+    def scores(self, images: Any, *, batch_size: int | None = None) -> np.ndarray:
+        """The model's own output for ``images``, as ``(N, K)`` float32 class scores (the first
+        tensor of a tuple or dict output), from a plain forward pass in eval mode."""
+
+        def run(batch: Any) -> np.ndarray:
+            with Extraction(self.model, self._lock, tree=self._tree) as extraction:
+                x = self._input(batch, extraction.first)
+                out = first_tensor(self.model(x))
+            if out is None or out.is_complex():
+                raise ModelError(
+                    f"The model returns {type(out).__name__}, not a tensor of class scores."
+                )
+            return as_scores(out.detach().to("cpu", torch.float32).numpy(), len(x), "The model")
+
+        return self._batched(images, run, batch_size)
 
     # -- input ---------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from featvis._backend import layer_resolver
 from featvis._errors import ArgumentError, FeatvisError
 from featvis._layers import layer_table
 from featvis._version import __version__
@@ -51,8 +50,8 @@ def _cmd_show(args: argparse.Namespace, console: Console) -> int:
         )
     backend = open_model(args.model, backend=args.backend)
     _, image = open_image(args.image)
-    layer = layer_resolver(backend)(args.layer)
-    acts = backend.activations(image, [layer.name])[layer.name]
+    layer = backend.layer(args.layer)
+    acts = backend.activations(image, layer)
     channels = acts.shape[1]
     info = describe(layer, acts)
     out = Path(args.output or f"{layer.alias}.png")
@@ -97,9 +96,8 @@ def _cmd_show(args: argparse.Namespace, console: Console) -> int:
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     backend = open_model(args.model, backend=args.backend)
     images = [open_image(spec) for spec in args.images]
-    resolve = layer_resolver(backend)
     layers = (
-        [resolve(name) for name in args.layers]
+        [backend.layer(name) for name in args.layers]
         if args.layers
         else walkthrough_layers(backend.layers())
     )

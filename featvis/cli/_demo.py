@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from featvis._backend import Backend
+from featvis._capabilities import OnnxExportable
 from featvis._compare import compare
 from featvis._errors import ArgumentError
 from featvis._images import image_size
@@ -73,13 +74,12 @@ def _beside(image: np.ndarray, *maps: np.ndarray) -> Picture:
 
 def _onnx_twin(backend: Backend, out: Path, console: Console) -> Backend:
     """Export the torch model to ONNX in ``out`` and open it with the ONNX backend."""
-    export = getattr(backend, "to_onnx", None)
-    if export is None:
+    if not isinstance(backend, OnnxExportable):
         raise ArgumentError(f"--backend onnx needs a PyTorch model to export; {backend!r} is not.")
-    path = export(out / "model.onnx")
+    path = backend.to_onnx(out / "model.onnx")
     console.say(f"      exported to ONNX: {path}")
-    twin = load(path, backend="onnx", preprocess=backend.preprocess)  # type: ignore[attr-defined]
-    twin.categories = getattr(backend, "categories", None)  # type: ignore[attr-defined]
+    twin = load(path, backend="onnx", preprocess=backend.preprocess)
+    twin.categories = backend.categories
     return twin
 
 
@@ -136,7 +136,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     say("[4] Top-5 prediction: " + ", ".join(f"{name} {p:.1%}" for name, p in predictions))
     wanted = [layer for layer in (first, deep, relu) if layer is not None]
     outputs = backend.activations(image, [layer.name for layer in wanted])
-    acts = {name: a[0] for name, a in outputs.items()}  # type: ignore[union-attr]
+    acts = {name: a[0] for name, a in outputs.items()}
     clock.lap("model")
 
     a1 = acts[first.name]

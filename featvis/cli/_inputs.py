@@ -69,9 +69,9 @@ def open_model(spec: str, *, backend: str | None = None) -> Backend:
     named = [model for model in list_models() if model.matches(spec)]
     if named:
         opened = named[0].load(spec)
-        if backend is not None and getattr(opened, "name", backend) != backend:
+        if backend is not None and opened.name != backend:
             raise ArgumentError(
-                f"Model {spec!r} opens with the {getattr(opened, 'name', '?')!r} backend; "
+                f"Model {spec!r} opens with the {opened.name!r} backend; "
                 f"--backend {backend} applies to model files and callables. For ONNX, export "
                 "it first (featvis demo --backend onnx does)."
             )

@@ -74,7 +74,7 @@ def _provenance(backend: Backend, extra: dict[str, str]) -> dict[str, str]:
         "featvis": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        **getattr(backend, "provenance", {}),
+        **backend.provenance,
         **extra,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(
@@ -162,7 +162,7 @@ def layer_sections(
     for label, image in images:
         shown = for_display(image)  # the figures' copy; the model gets the full image
         section = Section(f"Image: {label}")
-        if getattr(backend, "categories", None):
+        if backend.categories:
             section.html = predictions_html(top_predictions(backend, image, k=5)[0])
         outputs = backend.activations(image, [layer.name for layer in layers])
         for layer in layers:

@@ -1,4 +1,4 @@
-"""top_predictions: class names and probabilities from the model's last layer."""
+"""Scores and predictions: the Scorer capability, probabilities, top_predictions, Objective."""
 
 import numpy as np
 import pytest
@@ -34,3 +34,48 @@ def test_class_names_must_fit_the_layer() -> None:
         featvis.top_predictions(backend, np.zeros((32, 32)))
     with pytest.raises(featvis.ArgumentError, match="positive"):
         featvis.top_predictions(backend, np.zeros((32, 32)), k=0)
+
+
+def test_scores_are_the_last_step_and_probabilities_sum_to_one() -> None:
+    backend = tiny_cnn()
+    images = [np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 200, np.uint8)]
+    assert isinstance(backend, featvis.Scorer) and backend.score_kind == "probabilities"
+    scores = backend.scores(images)
+    prob = backend.activations(images, "prob1")[:, :, 0, 0]
+    np.testing.assert_array_equal(scores, prob)  # a softmax head: the scores are probabilities
+    np.testing.assert_allclose(featvis.probabilities(backend, images), prob, rtol=1e-6)
+    np.testing.assert_array_equal(backend.scores(images, batch_size=1), scores)
+
+
+def test_a_logit_head_gets_a_softmax() -> None:
+    steps = tiny_cnn().steps[:-1]  # without the softmax
+    backend = ArrayBackend(steps)
+    image = np.full((32, 32, 3), 90, np.uint8)
+    logits = backend.scores(image).astype(np.float64)
+    assert backend.score_kind == "logits"
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(featvis.probabilities(backend, image), expected, rtol=1e-5)
+
+
+def test_an_output_that_is_not_one_score_per_class_is_refused() -> None:
+    backend = ArrayBackend(tiny_cnn().steps[:2])  # ends on a (N, 8, 32, 32) map
+    with pytest.raises(featvis.ModelError, match=r"shape \(1, 8, 32, 32\).*\(N, K\)"):
+        backend.scores(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_a_missing_capability_names_what_works() -> None:
+    with pytest.raises(featvis.CapabilityError, match="gradients.*'array' backend.*use eigencam"):
+        featvis.require(tiny_cnn(), featvis.Differentiable, needed_for="gradcam", works="eigencam")
+    assert featvis.require(tiny_cnn(), featvis.Scorer, needed_for="x") is not None
+    assert issubclass(featvis.CapabilityError, TypeError)
+
+
+def test_a_linear_objective_slices_its_weights_per_batch() -> None:
+    weights = np.arange(6, dtype=np.float32).reshape(3, 2)
+    objective = featvis.Objective.linear(weights)
+    output = np.ones((2, 2), np.float32)
+    values, cotangent = objective.fn(output, np.array([1, 2]))
+    assert values.tolist() == [5.0, 9.0]
+    np.testing.assert_array_equal(cotangent, weights[1:])
+    with pytest.raises(featvis.ArgumentError, match="do not fit"):
+        objective.fn(np.ones((2, 3), np.float32), np.array([0, 1]))

@@ -129,3 +129,23 @@ def test_to_onnx_keeps_every_module_so_aliases_name_the_same_values(
     conv1 = onnx_backend.activations(photos[:1], "conv1")  # the conv, not conv + bn
     reference = torch_backend.activations(photos[:1], "conv1")
     assert np.abs(conv1 - reference).max() <= featvis._compare.RTOL * np.abs(reference).max()
+
+
+def test_scores_are_the_model_output_on_both_backends(
+    resnet18: tuple[object, Path], photos: list[np.ndarray]
+) -> None:
+    import torch
+
+    model, path = resnet18
+    torch_backend, onnx_backend = featvis.load(model), featvis.load(path)
+    assert isinstance(torch_backend, featvis.Scorer) and isinstance(onnx_backend, featvis.Scorer)
+    assert torch_backend.score_kind == onnx_backend.score_kind == "logits"
+    batch = featvis.prepare_images(photos, torch_backend.preprocess)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).numpy()  # type: ignore[operator]
+    for backend in (torch_backend, onnx_backend):
+        scores = backend.scores(photos)
+        assert scores.shape == (2, 1000) and scores.dtype == np.float32
+        peak = np.abs(expected).max()
+        assert np.abs(scores - expected).max() <= 1e-4 * peak, backend.name
+        np.testing.assert_allclose(backend.scores(photos, batch_size=1), scores, atol=1e-5 * peak)

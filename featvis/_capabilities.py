@@ -1,0 +1,273 @@
+"""What a backend can do beyond listing layers and their activations, as protocols.
+
+Every backend is a :class:`featvis.Backend`. Some can do more, and say so by having the members
+of a capability protocol; featvis's methods check with ``isinstance`` at the call site and never
+reach for a member no protocol declares::
+
+    Backend                   layers, activations (every backend)
+    ├── Scorer                class scores from the model's own output
+    │   └── Differentiable    gradients of a per-image scalar with respect to layers and input
+    └── OnnxExportable        writes the model as an ONNX file
+
+A method that needs a capability the backend lacks raises :class:`CapabilityError`, which names
+the capability, what the backend is, and which methods do work with it (see :func:`require`).
+
+The protocols are framework-free: arrays cross them as numpy, so a method written against them
+(a CAM, a metric, a feature visualization) works on every backend that has the capability,
+third-party ones included.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from featvis._errors import ArgumentError, CapabilityError, ModelError
+from featvis._images import Images
+from featvis._layers import Layer
+
+__all__ = [
+    "Differentiable",
+    "Gradients",
+    "Objective",
+    "OnnxExportable",
+    "ScoreKind",
+    "Scorer",
+    "as_scores",
+    "require",
+]
+
+#: What :meth:`Scorer.scores` returns: raw class scores, or probabilities (a softmax head).
+ScoreKind = Literal["logits", "probabilities"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A backend that gives the model's class scores: the output of the model itself.
+
+    The scores are what the model returns (the ONNX graph's output, the torch module's return
+    value), not whatever the last listed layer is: a model whose head is a function call has no
+    module for it.
+    """
+
+    #: ``"logits"`` if :meth:`scores` are raw scores, ``"probabilities"`` if the model ends in a
+    #: softmax (see :func:`featvis.probabilities`).
+    score_kind: ScoreKind
+
+    def scores(self, images: Images, *, batch_size: int | None = None) -> np.ndarray:
+        """The model's output for ``images``: an ``(N, K)`` float32 array, one row per image.
+
+        Raises
+        ------
+        ModelError
+            If the model's output is not one score per class (an ``(N, K)`` tensor).
+        """
+        ...
+
+
+def as_scores(output: np.ndarray, batch: int, what: str) -> np.ndarray:
+    """A model's output as ``(N, K)`` float32 scores, or a :class:`ModelError` naming ``what``.
+
+    ``(N, K)`` is kept, ``(N, K, 1, 1)`` (a head that keeps spatial axes of size one) and
+    ``(N,)`` (one score) are reshaped; anything else is not one score per class.
+    """
+    array = np.asarray(output)
+    if (
+        array.ndim >= 1
+        and array.shape[0] == batch
+        and (array.ndim <= 2 or all(d == 1 for d in array.shape[2:]))
+    ):
+        flat = array.reshape(batch, -1)
+        return np.ascontiguousarray(flat, dtype=np.float32)
+    raise ModelError(
+        f"{what} returns an array of shape {array.shape} for {batch} image(s); class scores "
+        "need one row of scores per image, shape (N, K). Explain a classifier, or wrap the "
+        "model so that it returns (N, K) scores."
+    )
+
+
+#: ``fn(output, index) -> (values, cotangent)``: see :class:`Objective`.
+ObjectiveFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A scalar per image, computed from one output of the model, to be differentiated.
+
+    ``layer`` says which output: ``None`` for the model's scores (``(N, K)``, as
+    :meth:`Scorer.scores` gives them), or a layer name, whose value is its ``(N, C, H, W)``
+    activation. ``fn(output, index)`` receives that output as numpy for one batch, and
+    ``index``, the positions of the batch's images among all the images given (so that per-image
+    weights can be sliced); it returns ``(values, cotangent)``: the ``(n,)`` objective of each
+    image, and the gradient of ``values.sum()`` with respect to ``output`` (same shape). The
+    backend then differentiates through the model with that cotangent.
+
+    Most objectives are linear in the output; :meth:`linear` builds those from weights.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import Objective
+    >>> cat = Objective.linear(np.eye(3, dtype=np.float32)[[1]])  # score of class 1
+    >>> values, cotangent = cat.fn(np.array([[0.5, 2.0, 1.0]], np.float32), np.arange(1))
+    >>> values.tolist(), cotangent.tolist()
+    ([2.0], [[0.0, 1.0, 0.0]])
+    """
+
+    fn: ObjectiveFn
+    layer: str | Layer | None = None
+    description: str = ""
+
+    @classmethod
+    def linear(
+        cls, weights: np.ndarray, layer: str | Layer | None = None, description: str = ""
+    ) -> Objective:
+        """``values[i] = sum(weights[i] * output[i])``: a class score, a contrast of two
+        classes, the mean of a channel, one neuron.
+
+        Parameters
+        ----------
+        weights : ndarray
+            Shape ``(N, *output.shape[1:])`` (one row per image) or ``(1, ...)`` (the same for
+            every image).
+        layer : str or Layer, optional
+            The output the weights apply to (``None``: the scores).
+        """
+        w = np.asarray(weights, dtype=np.float32)
+        if w.ndim < 2:
+            raise ArgumentError(
+                f"Objective weights need a batch axis first, shape (N, ...); got {w.shape}."
+            )
+
+        def fn(output: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = w if len(w) == 1 else w[index]
+            if rows.shape[1:] != output.shape[1:]:
+                raise ArgumentError(
+                    f"Objective weights of shape {w.shape} do not fit an output of shape "
+                    f"{output.shape}."
+                )
+            cotangent = np.broadcast_to(rows, output.shape).astype(np.float32)
+            values = (cotangent * output).reshape(len(output), -1).sum(axis=1)
+            return values.astype(np.float32), cotangent
+
+        return cls(fn, layer, description)
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """What :meth:`Differentiable.gradients` returns, all as numpy, one row per image.
+
+    Attributes
+    ----------
+    values : ndarray, shape (N,)
+        The objective of each image.
+    output : ndarray
+        The output the objective was computed from (the scores, or the layer's activation).
+    activations : dict of str to ndarray
+        Each requested layer's ``(N, C, H, W)`` activation, keyed by the names as given.
+    gradients : dict of str to ndarray
+        The gradient of each image's objective with respect to each requested layer, the same
+        shape and keys as :attr:`activations`.
+    input : ndarray or None
+        The gradient with respect to the prepared ``(N, C, H, W)`` model input, when asked for.
+    """
+
+    values: np.ndarray
+    output: np.ndarray
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    input: np.ndarray | None = None
+
+
+@runtime_checkable
+class Differentiable(Scorer, Protocol):
+    """A backend that can differentiate an :class:`Objective` through the model.
+
+    Computing gradients must leave the model as it was: parameters' ``requires_grad`` and
+    accumulated gradients, hooks, training flags.
+    """
+
+    def gradients(
+        self,
+        images: Images,
+        layers: Sequence[str | Layer],
+        objective: Objective,
+        *,
+        input: bool = False,
+        batch_size: int | None = None,
+    ) -> Gradients:
+        """One forward pass to the objective's output and one backward pass from it.
+
+        Parameters
+        ----------
+        images : image, list of images, or ndarray of shape (N, C, H, W)
+            As for :meth:`featvis.Backend.activations`; a prepared 4-D float array is used as
+            it is (what feature visualization optimizes).
+        layers : sequence of str or Layer
+            Layers whose activations and gradients to return (may be empty).
+        objective : Objective
+        input : bool
+            Also return the gradient with respect to the prepared input.
+        batch_size : int, optional
+            Images per pass; ``None`` runs all of them at once (an objective that couples the
+            images of a batch, as a diversity term does, needs that).
+        """
+        ...
+
+
+@runtime_checkable
+class OnnxExportable(Protocol):
+    """A backend that can write its model as an ONNX file ``featvis.load`` opens."""
+
+    def to_onnx(self, path: str | os.PathLike[str]) -> Path:
+        """Export the model to ``path`` and return it."""
+        ...
+
+
+_C = TypeVar("_C")
+
+
+def require(backend: object, capability: type[_C], *, needed_for: str, works: str = "") -> _C:
+    """``backend`` as a ``capability``, or a :class:`CapabilityError` that says what to do.
+
+    Parameters
+    ----------
+    backend : object
+    capability : type
+        A protocol of this module (:class:`Scorer`, :class:`Differentiable`...).
+    needed_for : str
+        What needs it, for the message: ``"method 'gradcam'"``.
+    works : str
+        What does work with a backend that lacks it: ``"gradient-free methods: eigencam,
+        scorecam, ..."``.
+
+    Examples
+    --------
+    >>> from featvis import Differentiable, require
+    >>> from featvis.testing import tiny_cnn
+    >>> require(tiny_cnn(), Differentiable, needed_for="method 'gradcam'", works="eigencam")
+    Traceback (most recent call last):
+    ...
+    featvis._errors.CapabilityError: method 'gradcam' needs gradients ...
+    """
+    if isinstance(backend, capability):
+        return backend
+    what = _WHAT.get(capability.__name__, f"the {capability.__name__} capability")
+    kind = getattr(backend, "name", type(backend).__name__)
+    hint = f" With this backend, use {works}." if works else ""
+    raise CapabilityError(
+        f"{needed_for} needs {what}, which the {kind!r} backend ({type(backend).__name__}) does "
+        f"not provide (featvis.{capability.__name__}).{hint}"
+    )
+
+
+_WHAT = {
+    "Scorer": "the model's class scores",
+    "Differentiable": "gradients through the model",
+    "OnnxExportable": "an export to ONNX",
+}
