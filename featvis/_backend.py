@@ -15,8 +15,9 @@ from featvis._layers import Layer, LayerIndex
 
 __all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
 
-#: A layer is named by its backend-native name, its alias, or the :class:`Layer` itself.
-LayerKey = str | Layer
+#: A layer is named by its backend-native name, its alias, its index in the layer table (an
+#: ``int``), or the :class:`Layer` itself.
+LayerKey = str | int | Layer
 
 #: Images per forward pass when the caller does not choose.
 DEFAULT_BATCH_SIZE = 32
@@ -213,8 +214,9 @@ class BackendBase(ABC):
         images : image, list of images, or ndarray of shape (N, C, H, W)
             Files, PIL images or ``(H, W[, C])`` arrays are prepared with :attr:`preprocess`;
             a 4-D float array (or a backend's own tensor type) is used as it is.
-        layers : str, Layer, or sequence of them
-            Names or aliases (``"features.0"`` or ``"conv1"``).
+        layers : str, int, Layer, or sequence of them
+            Names or aliases (``"features.0"`` or ``"conv1"``), or indices in the layer table
+            (``0`` is the first layer, ``-1`` the last).
         batch_size : int, optional
             Images per forward pass (default 32). Results do not depend on it.
         progress : bool, optional
@@ -238,7 +240,7 @@ class BackendBase(ABC):
             raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
         index = self._layer_index()
         size = batch_size or DEFAULT_BATCH_SIZE
-        if isinstance(layers, (str, Layer)):  # one layer: the common case, kept short
+        if isinstance(layers, (str, int, np.integer, Layer)):  # one layer: the common case
             layer = index.resolve(layers)
             return self._run_batches(self._prepare(images), [layer], size, progress)[0]
         keys = list(layers)
@@ -250,7 +252,7 @@ class BackendBase(ABC):
         outputs = self._run_batches(self._prepare(images), distinct, size, progress)
 
         by_name = dict(zip((layer.name for layer in distinct), outputs))
-        result: dict[str, np.ndarray] = {}
+        result: dict[Any, np.ndarray] = {}  # an int key stays the int it was
         for key, layer in zip(keys, resolved):
             result[key.name if isinstance(key, Layer) else key] = by_name[layer.name]
         return result
