@@ -207,6 +207,14 @@ def _array_to_float_rgb(array: np.ndarray, name: str) -> np.ndarray:
 
 def _load(source: ImageSource) -> Image.Image | np.ndarray:
     """Any single image -> an upright 8-bit RGB PIL image, or float32 HxWx3 in [0, 1]."""
+    loaded = _load_any(source)
+    height, width = _hw(loaded)
+    if height == 0 or width == 0:
+        raise ImageError(f"The image {_name(source)} is empty ({height}x{width} pixels).")
+    return loaded
+
+
+def _load_any(source: ImageSource) -> Image.Image | np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         return _pil_to_rgb(_open(source), _name(source))
     if isinstance(source, Image.Image):
