@@ -8,6 +8,7 @@ sets ``run(args, console) -> int`` as its default; :data:`COMMANDS` lists them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,8 +56,18 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+#: OpenMP's wait policy for the command's process, unless the user set one. With the default,
+#: PyTorch's OpenMP workers spin at every barrier, and beside a busy process one forward pass
+#: of EfficientNet-Lite0 measured 25-60 times slower (seconds instead of 0.1 s: the "slow first
+#: calls" that came and went with other jobs on the machine). PASSIVE workers sleep instead;
+#: see docs/performance.md.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 unexpected error, 2 bad input)."""
+    # Read by OpenMP when PyTorch is first imported, which the commands do later, if at all.
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the reports' provenance
