@@ -122,6 +122,27 @@ class BackendBase(ABC):
         Class names of the model's outputs.
     provenance : dict of str to str, optional
         Facts about the model for reports; ``{"backend": name}`` is always included.
+
+    Examples
+    --------
+    A backend for a "model" that is one function, its layers the function's two steps:
+
+    >>> import numpy as np
+    >>> from featvis import BackendBase, Layer, Preprocess, as_nchw, number_layers
+    >>> class Doubler(BackendBase):
+    ...     name = "doubler"
+    ...     def _list_layers(self):
+    ...         return number_layers([Layer(name="double", kind="other", type="Mul"),
+    ...                               Layer(name="relu", kind="relu", type="ReLU")])
+    ...     def _run(self, batch, layers):
+    ...         outputs = {"double": 2 * batch}
+    ...         outputs["relu"] = np.maximum(outputs["double"], 0)
+    ...         return [as_nchw(outputs[layer.name]) for layer in layers]
+    >>> backend = Doubler(preprocess=Preprocess(size=(4, 4)))
+    >>> [layer.alias for layer in backend.layers()]
+    ['other1', 'relu1']
+    >>> backend.activations(np.zeros((4, 4, 3), np.uint8), "relu1").shape
+    (1, 3, 4, 4)
     """
 
     #: The backend's registered name, e.g. ``"torch"``.

@@ -331,6 +331,16 @@ def prepare_images(images: Images, preprocess: Preprocess) -> np.ndarray:
     ------
     ImageError
         For an image that cannot be read (the message names it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import Preprocess, prepare_images
+    >>> gray = np.full((30, 40), 255, np.uint8)  # one white grayscale image, any size
+    >>> preprocess = Preprocess(size=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3)
+    >>> batch = prepare_images([gray, gray], preprocess)
+    >>> batch.shape, batch.dtype, float(batch.max())
+    ((2, 3, 8, 8), dtype('float32'), 1.0)
     """
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if not np.issubdtype(images.dtype, np.floating):

@@ -366,6 +366,23 @@ def load(model: Any, *, backend: str | None = None, **options: Any) -> Backend:
         the installed backends, what each accepts, and what to install for a missing one.
     MissingDependencyError
         The chosen backend's framework is not installed.
+    ModelError
+        For a pickled model file (``.pt``, ``.pth``...), which featvis refuses to unpickle.
+
+    Examples
+    --------
+    A ``torch.nn.Module`` or an ``.onnx`` path goes to its backend; a backend (here the numpy
+    CNN of :mod:`featvis.testing`) comes back as it is:
+
+    >>> import featvis
+    >>> from featvis.testing import tiny_cnn
+    >>> backend = featvis.load(tiny_cnn())
+    >>> backend.name, len(backend.layers())
+    ('array', 8)
+    >>> featvis.load("efficientnet_lite0")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    featvis._errors.BackendNotFoundError: 'efficientnet_lite0' is the name of a model, ...
     """
     if backend is None and not options and isinstance(model, Backend):
         return model
