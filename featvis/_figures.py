@@ -157,8 +157,9 @@ def describe(layer: Layer, acts: np.ndarray) -> str:
 
 
 def strongest(acts: np.ndarray, by: Literal["max", "mean", "l2"] = "max") -> tuple[int, str]:
-    """The strongest channel of one image's ``(C, H, W)`` maps, and a sentence that says why,
-    naming a tie when one happened (``strongest_channel`` breaks it by :data:`TIEBREAK`)."""
+    """The strongest channel of one image's ``(C, H, W)`` maps, and why, in words: ``"the
+    layer's largest single value, 16.47"``, or for a tie (broken by :data:`TIEBREAK`) ``"the
+    largest mean of the 103 channels that tie for the layer's largest single value, 6"``."""
     tied = tied_channels(acts, by=by)
     k = tied[0]
     flat = np.asarray(acts, np.float64).reshape(len(acts), -1)[k]
@@ -169,11 +170,11 @@ def strongest(acts: np.ndarray, by: Literal["max", "mean", "l2"] = "max") -> tup
     }[by]
     what = {"max": "largest single value", "mean": "largest mean", "l2": "largest L2 norm"}[by]
     if len(tied) == 1:
-        return k, f"channel {k} holds the layer's {what} ({value:.4g})"
+        return k, f"the layer's {what}, {value:.4g}"
     second = {"max": "max", "mean": "mean", "l2": "L2 norm"}[TIEBREAK[by]]
     return k, (
-        f"{len(tied)} channels tie for the layer's {what} ({value:.4g}); channel {k} has the "
-        f"largest {second} among them"
+        f"the largest {second} of the {len(tied)} channels that tie for the layer's {what}, "
+        f"{value:.4g}"
     )
 
 

@@ -253,7 +253,7 @@ def report(
                 Figure(
                     f"{layer.alias}: strongest channel {k}",
                     pair(shown, acts[k]),
-                    f"{why[0].upper()}{why[1:]} (MATLAB's channel {k + 1}); it is normalized "
+                    f"Channel {k} (MATLAB's {k + 1}) is the strongest: {why}. It is normalized "
                     "alone (mat2gray), resized to the image and shown beside it.",
                     format="jpeg",
                 )

@@ -417,7 +417,7 @@ def pickle_refusal(name: str) -> str:
         "the file contains. Export the model to ONNX (torch.onnx.export) and pass the .onnx "
         "file, or build the model in Python (load its weights with torch.load(..., "
         "weights_only=True)) and pass the module to featvis.load; from a shell, pass "
-        "package.module:callable, a function of yours that returns it."
+        "module:callable, a function of yours that returns it (mymodel:build)."
     )
 
 

@@ -3,6 +3,7 @@ error in milliseconds, not a traceback after the model has run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,9 @@ def check_output_file(path: str | Path, option: str, suffixes: tuple[str, ...] =
     """``path`` as a file the command may write: its folder exists, it is not a folder, and
     (when ``suffixes`` are given) its suffix is one of them, else a picture format Pillow
     writes."""
+    named_folder = str(path).endswith(("/", os.sep))  # "-o out/": a folder, even if missing
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or named_folder:
         example = path / ("figure" + (suffixes[0] if suffixes else ".png"))
         raise ArgumentError(
             f"{option} {_shown(path)} is a folder; give a file name, e.g. {example}."

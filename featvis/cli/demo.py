@@ -179,7 +179,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         Figure(
             f"{first.alias}, strongest channel {s1}",
             pair(rgb, a1[s1]),
-            f"{why1[0].upper()}{why1[1:]} (MATLAB's max(max(max(act))) finds the largest value).",
+            f"The strongest channel: {why1} (MATLAB's max(max(max(act))) finds the largest value).",
             "jpeg",
         ),
     )
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         Figure(
             f"{deep.alias}, strongest channel {s5}",
             pair(rgb, a5[s5]),
-            f"The deep layer's strongest channel, resized to the image: {why5}.",
+            f"The deep layer's strongest channel ({why5}), resized to the image.",
             "jpeg",
         ),
     )

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if mode is not None:
         if args.strongest:
             k, why = strongest(acts, by=args.by)
-            what = f"channel {k} (the strongest: {why})"
+            what = f"channel {k}, the strongest ({why}),"
         else:
             k = args.channel
             if not 0 <= k < channels:

@@ -15,6 +15,7 @@ from PIL import Image
 
 import featvis
 from featvis.cli import main
+from featvis.cli._inputs import PLAIN_SAMPLES
 
 from .conftest import TINY, TINY_CLASSES, Run, TinyModels
 
@@ -169,8 +170,8 @@ def test_show_pairs_one_channel_with_the_image(
         out, _ = featvis_cli(
             "show", tiny, str(photo), "--layer", "conv1", "--strongest", "--mode", mode
         )
-        assert f") {placed} -> conv1.png" in out
-        assert "channel 1 (the strongest: channel 1 holds the layer's largest single value" in out
+        assert f"), {placed} -> conv1.png" in out
+        assert "channel 1, the strongest (the layer's largest single value, 5.673)," in out
         assert _size(tmp_path / "conv1.png") == (64, 48)
 
 
@@ -272,8 +273,8 @@ def test_a_tie_for_the_strongest_channel_is_said_and_broken_by_the_mean(featvis_
         "show", "efficientnet_lite0", "skimage:astronaut", "--layer", "relu33", "--strongest"
     )
     match = re.search(
-        r"channel (\d+) \(the strongest: (\d+) channels tie for the layer's largest single value "
-        r"\(6\); channel \1 has the largest mean among them\)",
+        r"channel (\d+), the strongest \(the largest mean of the (\d+) channels that tie for the "
+        r"layer's largest single value, 6\), beside the image",
         out,
     )
     assert match, out
@@ -316,6 +317,9 @@ def test_output_problems_are_one_line_errors(
     )
     (tmp_path / "figures").mkdir()
     assert "-o 'figures' is a folder; give a file name" in featvis_cli.error(*show, "-o", "figures")
+    assert "-o 'new' is a folder; give a file name, e.g. new/figure.png" in featvis_cli.error(
+        *show, "-o", "new/"
+    )
     assert "must end in .png" in featvis_cli.error(*show, "-o", "conv1.txt")
     (tmp_path / "taken").write_text("")
     assert "--out 'taken' is a file" in featvis_cli.error("demo", "--model", tiny, "--out", "taken")
@@ -448,3 +452,16 @@ def test_demo_walks_through_the_seed(
     )
     quiet, _ = featvis_cli("--quiet", "demo", "--model", tiny, "--image", str(photo), "--out", "q")
     assert quiet.strip().splitlines() == ["Done: 10 figures, layers.txt and report.html are in q/"]
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_SAMPLES))
+def test_samples_read_plainly_equal_scikit_images_loaders(name: str) -> None:
+    import skimage.data
+
+    from featvis.cli._inputs import open_image
+
+    label, image = open_image(f"skimage:{name}")
+    assert label == f"scikit-image {name}"
+    expected = getattr(skimage.data, name)()
+    assert image.dtype == expected.dtype
+    np.testing.assert_array_equal(image, expected)

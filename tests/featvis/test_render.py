@@ -449,10 +449,9 @@ def test_ties_for_the_strongest_channel_are_broken_by_the_mean_and_reported() ->
 
     assert strongest(relu6) == (
         3,
-        "3 channels tie for the layer's largest single value (6); channel 3 has the largest "
-        "mean among them",
+        "the largest mean of the 3 channels that tie for the layer's largest single value, 6",
     )
-    assert strongest(relu6[2:3])[1] == "channel 0 holds the layer's largest single value (5)"
+    assert strongest(relu6[2:3]) == (0, "the layer's largest single value, 5")
 
 
 def test_pair_takes_a_cmap_where_it_draws_one_and_refuses_it_elsewhere() -> None:

@@ -64,7 +64,9 @@ def test_report_strongest_captions_say_the_reason(images: list[np.ndarray]) -> N
     acts = tiny_cnn().activations(images[0], "conv1")[0]
     k = featvis.strongest_channel(acts)
     assert pair.title == f"conv1: strongest channel {k}"
-    assert pair.caption.startswith(f"Channel {k} holds the layer's largest single value")
+    assert pair.caption.startswith(
+        f"Channel {k} (MATLAB's {k + 1}) is the strongest: the layer's largest single value, "
+    )
     assert pair.format == "jpeg" and pair.picture.size == (40, 120)
 
 
