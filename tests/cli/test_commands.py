@@ -266,6 +266,7 @@ def test_top_k_montage(tiny: str, photo: Path, featvis_cli: Run) -> None:
     assert "the 8 strongest channels by max" in out and "the layer has only 8" in out
 
 
+@pytest.mark.slow  # real weights; the rule itself is tested on a made-up ReLU6 in test_render
 def test_a_tie_for_the_strongest_channel_is_said_and_broken_by_the_mean(featvis_cli: Run) -> None:
     from skimage import data
 
