@@ -20,6 +20,7 @@ from PIL import Image
 
 from featvis._backend import Backend
 from featvis._errors import ArgumentError, BackendNotFoundError, ImageError, ModelError
+from featvis._figures import MAX_SIZE
 from featvis._images import _load
 from featvis.plugins import PICKLE_SUFFIXES, list_models, load, pickle_refusal
 
@@ -27,6 +28,7 @@ __all__ = [
     "IMAGE_HELP",
     "MIN_IMAGE_SIDE",
     "MODEL_HELP",
+    "add_max_size",
     "layer_list",
     "max_size",
     "open_image",
@@ -252,6 +254,18 @@ def max_size(text: str) -> int | None:
             f"takes a number of pixels (at least 64), or 0 for the full size; not {text!r}"
         )
     return value
+
+
+def add_max_size(parser: argparse.ArgumentParser) -> None:
+    """``--max-size PX``, the one size rule of every figure the commands write."""
+    parser.add_argument(
+        "--max-size",
+        type=max_size,
+        default=MAX_SIZE,
+        metavar="PX",
+        help=f"longer side of the image in the figures (default {MAX_SIZE}; 0: full size); "
+        "montages of small maps are enlarged up to it",
+    )
 
 
 def layer_list(text: str) -> list[str]:

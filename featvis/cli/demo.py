@@ -25,7 +25,7 @@ from featvis._images import image_size
 from featvis._layers import layer_table
 from featvis._predict import top_predictions
 from featvis._report import Report, Section, predictions_html
-from featvis.cli._inputs import IMAGE_HELP, max_size, open_image
+from featvis.cli._inputs import IMAGE_HELP, add_max_size, open_image
 from featvis.cli._outputs import check_output_folder, writing
 from featvis.cli._steps import Console, walkthrough
 from featvis.cli.report import command_line
@@ -298,11 +298,5 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for the figures, created if needed (default: featvis-demo)",
     )
-    demo.add_argument(
-        "--max-size",
-        type=max_size,
-        default=MAX_SIZE,
-        metavar="PX",
-        help=f"longer side of the image in the figures (default {MAX_SIZE}; 0: full size)",
-    )
+    add_max_size(demo)
     demo.set_defaults(run=run)

@@ -10,7 +10,13 @@ from typing import Any
 from featvis._errors import ImageError
 from featvis._figures import MAX_SIZE
 from featvis._report import default_layers, report
-from featvis.cli._inputs import IMAGE_HELP, layer_list, max_size, open_image, open_model
+from featvis.cli._inputs import (
+    IMAGE_HELP,
+    add_max_size,
+    layer_list,
+    open_image,
+    open_model,
+)
 from featvis.cli._outputs import check_output_file, writing
 from featvis.cli._steps import Console
 from featvis.cli.layers import add_model_arguments
@@ -93,13 +99,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         default="global",
         help="montage normalization (default: global)",
     )
-    parser.add_argument(
-        "--max-size",
-        type=max_size,
-        default=MAX_SIZE,
-        metavar="PX",
-        help=f"longer side of the photos in the figures (default {MAX_SIZE}; 0: full size)",
-    )
+    add_max_size(parser)
     parser.add_argument(
         "-o",
         "--output",

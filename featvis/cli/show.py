@@ -11,8 +11,8 @@ from featvis._errors import ArgumentError
 from featvis._figures import MAX_SIZE, describe, for_display, readable_scale, strongest
 from featvis.cli._inputs import (
     IMAGE_HELP,
+    add_max_size,
     channel_index,
-    max_size,
     open_image,
     open_model,
     parse_grid,
@@ -195,13 +195,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="colormap of a montage and of --mode montage (default gray) or overlay (default "
         "jet); blend and falsecolor draw fixed colors",
     )
-    show.add_argument(
-        "--max-size",
-        type=max_size,
-        default=MAX_SIZE,
-        metavar="PX",
-        help=f"longer side of the image in the picture (default {MAX_SIZE}; 0: full size); "
-        "montages of small maps are enlarged up to it",
-    )
+    add_max_size(show)
     show.add_argument("-o", "--output", metavar="OUT.png", help="output file (default: ALIAS.png)")
     show.set_defaults(run=run)
