@@ -3,8 +3,9 @@
 The models have random weights and a dynamic batch, exported once into a temporary folder with
 ``torch.onnx.export`` (the default, dynamo exporter). Every reference session is built by hand
 with onnx and onnxruntime, with the same session options featvis uses (graph optimization ALL,
-``intra_op_num_threads`` = the CPUs available, spinning off), so the ratios measure featvis's own
-cost; one extra row shows what ORT's default options (spinning on) would change.
+``intra_op_num_threads`` = the CPUs available, short spinning: ``thread_options``), so the
+ratios measure featvis's own cost; one extra row shows what ORT's default options would change.
+bench_busy.py compares featvis with a default session, quiet and beside a busy process.
 
 Cases, each at batch 1 and 16 (``--quick``: batch 1 only):
 
@@ -37,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import featvis
 from featvis_onnx import OnnxBackend
-from featvis_onnx._session import available_cpus
+from featvis_onnx._session import available_cpus, thread_options
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="featvis-bench-onnx-"))
 atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
@@ -58,13 +59,11 @@ def _export(arch: str) -> Path:
 
 
 def _options(spinning: bool = False) -> ort.SessionOptions:
+    """featvis's session options, or (``spinning``) ORT's defaults."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spinning:
-        so.intra_op_num_threads = available_cpus()
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        thread_options(so, available_cpus())
     so.log_severity_level = 3
     return so
 
@@ -168,7 +167,7 @@ def _batch_rows(
     why = "ORT cannot fuse a requested tensor away nor reuse its memory"
     yield Row("onnx", every, "plain session.run", case_s, ref_s, notes=[why])
     # Not interleaved: a spinning pool keeps its workers busy after each run, which slows
-    # whatever runs next on the same cores (the very reason featvis turns spinning off).
+    # whatever runs next on the same cores (the very reason featvis stops spinning after a run).
     spinning = sessions["spinning"]
     ours_s = median_alone(lambda: plain.run(None, feeds), rounds)
     spin_s = median_alone(lambda: spinning.run(None, feeds), rounds)

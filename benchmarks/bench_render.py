@@ -21,7 +21,7 @@ def rows(quick: bool) -> Iterator[Row]:
             return a.min(), a.max(), a.copy()
 
         def job(a: np.ndarray = acts) -> object:
-            return featvis.montage(a)  # normalize="global" is the default
+            return featvis.montage(a)  # scope="global" is the default
 
         case_s, floor_s = compare(job, floor, rounds=5 if quick else 15)
         yield Row("render", f"montage(normalize) {shape}", "min/max + copy", case_s, floor_s, 4.0)

@@ -28,6 +28,8 @@ GROUPS = {
         "Preprocess",
         "hookimpl",
         "requiring",
+        "lazy_exports",
+        "install_hint",
     ],
     "Capabilities": [
         "Scorer",
@@ -43,12 +45,14 @@ GROUPS = {
         "normalize",
         "montage",
         "strongest_channel",
+        "tied_channels",
         "top_channels",
         "resize",
         "pair",
         "overlay",
         "Picture",
     ],
+    "Reports": ["report", "Report", "Section", "Figure"],
     "Predictions and comparison": [
         "probabilities",
         "top_predictions",

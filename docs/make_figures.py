@@ -1,5 +1,8 @@
 """Run docs/tutorial.md's code blocks in order, as one script, and write its figures.
 
+The blocks run in an empty folder exactly as a reader pastes them, so the page cannot rely on
+anything this script prepares.
+
     python docs/make_figures.py            # figures into docs/figures/
     python docs/make_figures.py OUT_DIR    # figures into OUT_DIR/figures/ (the tests do this)
 
@@ -44,7 +47,7 @@ def _clean(output: str) -> str:
 def run(out_dir: Path) -> list[Path]:
     """Run the tutorial with ``out_dir`` as working folder; return the figures it names."""
     text = TUTORIAL.read_text(encoding="utf-8")
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # figures/ itself: the tutorial makes it
     namespace: dict[str, object] = {"__name__": "__tutorial__"}
     previous = Path.cwd()
     os.chdir(out_dir)

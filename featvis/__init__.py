@@ -1,10 +1,24 @@
 """featvis: see what a convolutional network has learned, on any framework.
 
+``featvis.load(model)`` takes a ``torch.nn.Module``, an ``.onnx`` file, or anything a plugin
+accepts; here a small numpy CNN that needs no framework stands in for it:
+
+>>> import numpy as np
 >>> import featvis
->>> backend = featvis.load(model)                      # doctest: +SKIP
->>> print(featvis.layer_table(backend))                # doctest: +SKIP
->>> act = backend.activations("face.jpg", "conv1")     # doctest: +SKIP
->>> featvis.montage(act, grid=(8, 12)).save("conv1.png")  # doctest: +SKIP
+>>> from featvis.testing import tiny_cnn
+>>> backend = featvis.load(tiny_cnn())
+>>> print(featvis.layer_table(backend))  # MATLAB's net.Layers   # doctest: +ELLIPSIS
+index  name        alias  type           output    params  description
+...
+    7  softmax     prob1  Softmax        10x1x1            softmax
+>>> image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+>>> act = backend.activations(image, "conv1")  # (images, channels, height, width)
+>>> act.shape
+(1, 8, 32, 32)
+>>> featvis.montage(act, grid=(2, 4)).size
+(67, 133)
+>>> featvis.pair(image, act[0, featvis.strongest_channel(act)]).size
+(48, 128)
 """
 
 from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
@@ -30,15 +44,19 @@ from featvis._errors import (
     PluginError,
     UnknownLayerError,
 )
+from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
 from featvis._predict import probabilities, top_predictions
+from featvis._report import Report, Section, report
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
 from featvis.plugins import (
     BackendSpec,
     FeatvisPluginWarning,
     ModelSpec,
+    install_hint,
+    lazy_exports,
     list_backends,
     list_models,
     load,
@@ -53,6 +71,7 @@ from featvis.render import (
     pair,
     resize,
     strongest_channel,
+    tied_channels,
     top_channels,
 )
 
@@ -71,6 +90,7 @@ __all__ = [
     "Differentiable",
     "FeatvisError",
     "FeatvisPluginWarning",
+    "Figure",
     "Gradients",
     "ImageError",
     "Layer",
@@ -85,13 +105,17 @@ __all__ = [
     "Picture",
     "PluginError",
     "Preprocess",
+    "Report",
     "Scorer",
+    "Section",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
     "compare",
     "hookimpl",
+    "install_hint",
     "layer_table",
+    "lazy_exports",
     "list_backends",
     "list_models",
     "load",
@@ -104,10 +128,12 @@ __all__ = [
     "prepare_images",
     "probabilities",
     "read_image",
+    "report",
     "require",
     "requiring",
     "resize",
     "strongest_channel",
+    "tied_channels",
     "top_channels",
     "top_predictions",
 ]

@@ -15,8 +15,9 @@ from featvis._layers import Layer, LayerIndex
 
 __all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
 
-#: A layer is named by its backend-native name, its alias, or the :class:`Layer` itself.
-LayerKey = str | Layer
+#: A layer is named by its backend-native name, its alias, its index in the layer table (an
+#: ``int``), or the :class:`Layer` itself.
+LayerKey = str | int | Layer
 
 #: Images per forward pass when the caller does not choose.
 DEFAULT_BATCH_SIZE = 32
@@ -121,6 +122,27 @@ class BackendBase(ABC):
         Class names of the model's outputs.
     provenance : dict of str to str, optional
         Facts about the model for reports; ``{"backend": name}`` is always included.
+
+    Examples
+    --------
+    A backend for a "model" that is one function, its layers the function's two steps:
+
+    >>> import numpy as np
+    >>> from featvis import BackendBase, Layer, Preprocess, as_nchw, number_layers
+    >>> class Doubler(BackendBase):
+    ...     name = "doubler"
+    ...     def _list_layers(self):
+    ...         return number_layers([Layer(name="double", kind="other", type="Mul"),
+    ...                               Layer(name="relu", kind="relu", type="ReLU")])
+    ...     def _run(self, batch, layers):
+    ...         outputs = {"double": 2 * batch}
+    ...         outputs["relu"] = np.maximum(outputs["double"], 0)
+    ...         return [as_nchw(outputs[layer.name]) for layer in layers]
+    >>> backend = Doubler(preprocess=Preprocess(size=(4, 4)))
+    >>> [layer.alias for layer in backend.layers()]
+    ['other1', 'relu1']
+    >>> backend.activations(np.zeros((4, 4, 3), np.uint8), "relu1").shape
+    (1, 3, 4, 4)
     """
 
     #: The backend's registered name, e.g. ``"torch"``.
@@ -213,8 +235,9 @@ class BackendBase(ABC):
         images : image, list of images, or ndarray of shape (N, C, H, W)
             Files, PIL images or ``(H, W[, C])`` arrays are prepared with :attr:`preprocess`;
             a 4-D float array (or a backend's own tensor type) is used as it is.
-        layers : str, Layer, or sequence of them
-            Names or aliases (``"features.0"`` or ``"conv1"``).
+        layers : str, int, Layer, or sequence of them
+            Names or aliases (``"features.0"`` or ``"conv1"``), or indices in the layer table
+            (``0`` is the first layer, ``-1`` the last).
         batch_size : int, optional
             Images per forward pass (default 32). Results do not depend on it.
         progress : bool, optional
@@ -238,7 +261,7 @@ class BackendBase(ABC):
             raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
         index = self._layer_index()
         size = batch_size or DEFAULT_BATCH_SIZE
-        if isinstance(layers, (str, Layer)):  # one layer: the common case, kept short
+        if isinstance(layers, (str, int, np.integer, Layer)):  # one layer: the common case
             layer = index.resolve(layers)
             return self._run_batches(self._prepare(images), [layer], size, progress)[0]
         keys = list(layers)
@@ -250,7 +273,7 @@ class BackendBase(ABC):
         outputs = self._run_batches(self._prepare(images), distinct, size, progress)
 
         by_name = dict(zip((layer.name for layer in distinct), outputs))
-        result: dict[str, np.ndarray] = {}
+        result: dict[Any, np.ndarray] = {}  # an int key stays the int it was
         for key, layer in zip(keys, resolved):
             result[key.name if isinstance(key, Layer) else key] = by_name[layer.name]
         return result

@@ -207,6 +207,14 @@ def _array_to_float_rgb(array: np.ndarray, name: str) -> np.ndarray:
 
 def _load(source: ImageSource) -> Image.Image | np.ndarray:
     """Any single image -> an upright 8-bit RGB PIL image, or float32 HxWx3 in [0, 1]."""
+    loaded = _load_any(source)
+    height, width = _hw(loaded)
+    if height == 0 or width == 0:
+        raise ImageError(f"The image {_name(source)} is empty ({height}x{width} pixels).")
+    return loaded
+
+
+def _load_any(source: ImageSource) -> Image.Image | np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         return _pil_to_rgb(_open(source), _name(source))
     if isinstance(source, Image.Image):
@@ -323,6 +331,16 @@ def prepare_images(images: Images, preprocess: Preprocess) -> np.ndarray:
     ------
     ImageError
         For an image that cannot be read (the message names it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import Preprocess, prepare_images
+    >>> gray = np.full((30, 40), 255, np.uint8)  # one white grayscale image, any size
+    >>> preprocess = Preprocess(size=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3)
+    >>> batch = prepare_images([gray, gray], preprocess)
+    >>> batch.shape, batch.dtype, float(batch.max())
+    ((2, 3, 8, 8), dtype('float32'), 1.0)
     """
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if not np.issubdtype(images.dtype, np.floating):

@@ -9,6 +9,8 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
+import numpy as np
+
 from featvis._errors import AmbiguousLayerError, ArgumentError, UnknownLayerError
 
 __all__ = [
@@ -142,7 +144,8 @@ def number_layers(layers: Iterable[Layer]) -> list[Layer]:
 
 
 class LayerIndex:
-    """Finds a layer by its name or alias, with errors that list the closest matches."""
+    """Finds a layer by its name, its alias or its index, with errors that suggest the closest
+    names."""
 
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.layers = list(layers)
@@ -161,13 +164,18 @@ class LayerIndex:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def resolve(self, key: str | Layer) -> Layer:
-        """Return the layer named ``key`` (a name, an alias, or a :class:`Layer`)."""
+    def resolve(self, key: str | int | Layer) -> Layer:
+        """Return the layer ``key`` names: a name, an alias, an index in the layer table (an
+        ``int``, negative ones counting from the end as in a list; or a string of digits that
+        is no layer's name, as the command line passes it), or a :class:`Layer`."""
         if isinstance(key, Layer):
             key = key.name
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self._at(int(key))
         if not isinstance(key, str):
             raise ArgumentError(
-                f"A layer is named by a string (name or alias), not {type(key).__name__} {key!r}."
+                "A layer is named by a string (its name or alias) or by its index in the layer "
+                f"table (an int), not {type(key).__name__} {key!r}."
             )
         layer = self._by_key.get(key)
         if layer is not None:
@@ -179,20 +187,43 @@ class LayerIndex:
                 f"Layer {key!r} runs {len(calls)} times in one forward pass; "
                 f"name the call you want: {listed}."
             )
+        if key.isdecimal():  # "--layer 0" on the command line: the table's index column
+            return self._at(int(key))
         raise UnknownLayerError(self._unknown_message(key))
+
+    def _at(self, index: int) -> Layer:
+        count = len(self.layers)
+        if not -count <= index < count:
+            raise UnknownLayerError(
+                f"Layer index {index} is out of range: the model has {count} layers, indexed "
+                f"0 to {count - 1} (the index column of featvis.layer_table(backend), or of "
+                "`featvis layers MODEL` in a shell)."
+            )
+        return self.layers[index]
 
     def _unknown_message(self, key: str) -> str:
         keys = [layer.name for layer in self.layers] + [layer.alias for layer in self.layers]
         close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        shown = [f"{layer.alias} ({layer.name})" for layer in self.layers[:24]]
-        more = len(self.layers) - len(shown)
-        listing = ", ".join(shown) + (f", ... and {more} more" if more > 0 else "")
+        if close:
+            found = [self._by_key[c] for c in close]
+            hint = " Did you mean " + " or ".join(
+                _called(layer, c) for layer, c in zip(found, close)
+            )
+            hint += "?"
+        else:
+            shown = ", ".join(layer.alias for layer in self.layers[:6])
+            more = f", ... {self.layers[-1].alias}" if len(self.layers) > 6 else ""
+            hint = f" Layers are named by name, alias ({shown}{more}) or index."
         return (
-            f"Unknown layer {key!r}.{hint} Layers: {listing} "
-            "(all of them: featvis.layer_table(backend) in Python, `featvis layers MODEL` in a "
-            "shell)."
+            f"Unknown layer {key!r}.{hint} All {len(self.layers)} layers: "
+            "featvis.layer_table(backend) in Python, `featvis layers MODEL` in a shell."
         )
+
+
+def _called(layer: Layer, key: str) -> str:
+    """``'conv5' (features.10)``: a suggested key with the layer's other name."""
+    other = layer.name if key == layer.alias else layer.alias
+    return f"{key!r} ({other})" if other and other != key else repr(key)
 
 
 def text_table(

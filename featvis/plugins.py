@@ -8,11 +8,12 @@ names it; set the environment variable ``FEATVIS_STRICT_PLUGINS=1`` to make that
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -21,14 +22,17 @@ import pluggy
 
 from featvis import hookspecs
 from featvis._backend import Backend
-from featvis._errors import BackendNotFoundError, MissingDependencyError, PluginError
+from featvis._errors import BackendNotFoundError, MissingDependencyError, ModelError, PluginError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PICKLE_SUFFIXES",
     "STRICT_ENV",
     "BackendSpec",
     "FeatvisPluginWarning",
     "ModelSpec",
+    "install_hint",
+    "lazy_exports",
     "list_backends",
     "list_models",
     "load",
@@ -70,7 +74,8 @@ class BackendSpec:
     requires : tuple of str
         Top-level modules the backend needs (``("torch",)``); used to say whether it is usable.
     extra : str or None
-        The pip requirement that installs what it needs: ``"featvis[torch]"``.
+        The pip requirement that installs what it needs: ``"featvis[torch]"`` (for featvis's
+        own extras, messages say the command that works from a clone).
     priority : int
         When several backends accept a model, the highest priority wins (then the first
         registered). Built-in backends use 0.
@@ -97,7 +102,7 @@ class BackendSpec:
             else "missing "
             + ", ".join(m for m in self.requires if importlib.util.find_spec(m) is None)
         )
-        install = f"; pip install '{self.extra}'" if self.extra and not self.available else ""
+        install = f"; {install_hint(self.extra)}" if self.extra and not self.available else ""
         return f"{self.name} ({self.description or 'no description'}; {state}{install})"
 
 
@@ -129,6 +134,14 @@ class ModelSpec:
         return name.startswith(self.name) if self.prefix else name == self.name
 
 
+def install_hint(requirement: str) -> str:
+    """The command that installs ``requirement``: for featvis's own extras (``featvis[torch]``)
+    the one that works today, from a clone, since featvis is not on PyPI yet."""
+    if requirement.startswith("featvis[") and requirement.endswith("]"):
+        return f"pip install -e '.[{requirement[8:-1]}]' in a clone of featvis"
+    return f"pip install '{requirement}'"
+
+
 @contextlib.contextmanager
 def requiring(message: str, modules: Iterable[str]) -> Iterator[None]:
     """Within the block, failing to import one of ``modules`` raises
@@ -155,6 +168,61 @@ def requiring(message: str, modules: Iterable[str]) -> Iterator[None]:
         if (exc.name or "").split(".")[0] in wanted:
             raise MissingDependencyError(message) from exc
         raise
+
+
+def lazy_exports(
+    package: str, exports: Mapping[str, str], *, missing: str, requires: Iterable[str]
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports each of ``exports`` on first use.
+
+    For a plugin package whose ``__init__.py`` must not import its framework: the names it
+    exports are imported from their modules when first asked for, inside :func:`requiring`, so
+    a missing framework is a :class:`MissingDependencyError` with ``missing`` as its message.
+
+    Parameters
+    ----------
+    package : str
+        The package's ``__name__``, for the error about a name it does not export.
+    exports : mapping of str to str
+        Attribute name -> the module that defines it (``{"TorchBackend":
+        "featvis_torch._backend"}``).
+    missing : str
+        The message when one of ``requires`` cannot be imported; say what to install.
+    requires : iterable of str
+        The top-level modules the exports need (``("torch",)``).
+
+    Examples
+    --------
+    In the plugin's ``__init__.py``::
+
+        __getattr__ = featvis.lazy_exports(
+            __name__,
+            {"MyBackend": "featvis_mynet._backend"},
+            missing="featvis backend 'mynet' needs mynet: pip install featvis-mynet",
+            requires=["mynet"],
+        )
+
+    >>> import featvis
+    >>> getattr_ = featvis.lazy_exports(
+    ...     "featvis", {"NoSuch": "nosuchnet.layers"}, missing="pip install nosuchnet",
+    ...     requires=["nosuchnet"])
+    >>> getattr_("NoSuch")
+    Traceback (most recent call last):
+    ...
+    featvis._errors.MissingDependencyError: pip install nosuchnet
+    """
+    table = dict(exports)
+    needed = tuple(requires)
+
+    def __getattr__(name: str) -> Any:
+        module_name = table.get(name)
+        if module_name is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        with requiring(missing, needed):
+            module = importlib.import_module(module_name)
+        return getattr(module, name)  # imported once: later calls find it in sys.modules
+
+    return __getattr__
 
 
 def _strict() -> bool:
@@ -270,7 +338,7 @@ def _accepts(spec: BackendSpec, model: Any) -> bool:
 
 def _listing(specs: list[BackendSpec]) -> str:
     if not specs:
-        return "No backends are installed (reinstall featvis: pip install 'featvis[all]')."
+        return f"No backends are installed (reinstall featvis: {install_hint('featvis[all]')})."
     return "Installed backends: " + "; ".join(spec.summary() for spec in specs) + "."
 
 
@@ -298,6 +366,23 @@ def load(model: Any, *, backend: str | None = None, **options: Any) -> Backend:
         the installed backends, what each accepts, and what to install for a missing one.
     MissingDependencyError
         The chosen backend's framework is not installed.
+    ModelError
+        For a pickled model file (``.pt``, ``.pth``...), which featvis refuses to unpickle.
+
+    Examples
+    --------
+    A ``torch.nn.Module`` or an ``.onnx`` path goes to its backend; a backend (here the numpy
+    CNN of :mod:`featvis.testing`) comes back as it is:
+
+    >>> import featvis
+    >>> from featvis.testing import tiny_cnn
+    >>> backend = featvis.load(tiny_cnn())
+    >>> backend.name, len(backend.layers())
+    ('array', 8)
+    >>> featvis.load("efficientnet_lite0")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    featvis._errors.BackendNotFoundError: 'efficientnet_lite0' is the name of a model, ...
     """
     if backend is None and not options and isinstance(model, Backend):
         return model
@@ -310,11 +395,48 @@ def load(model: Any, *, backend: str | None = None, **options: Any) -> Backend:
     for spec in specs:
         if _accepts(spec, model):
             return spec.load(model, **options)
+    if isinstance(model, (str, os.PathLike)):
+        _refuse_path(os.fsdecode(os.fspath(model)))
     kind = type(model).__module__ + "." + type(model).__qualname__
     raise BackendNotFoundError(
         f"No installed backend accepts a {kind}. {_listing(specs)} Other frameworks need a "
         "third-party plugin (see docs/plugins.md), or pass backend='name' to force one."
     )
+
+
+#: Files that hold pickles: loading one runs whatever code it contains, so featvis refuses them.
+PICKLE_SUFFIXES = frozenset(
+    {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".tar", ".pt2"}
+)
+
+
+def pickle_refusal(name: str) -> str:
+    """Why featvis does not open the pickled model file ``name``, and what to do instead."""
+    return (
+        f"featvis does not open pickled model files such as {name!r}: unpickling runs any code "
+        "the file contains. Export the model to ONNX (torch.onnx.export) and pass the .onnx "
+        "file, or build the model in Python (load its weights with torch.load(..., "
+        "weights_only=True)) and pass the module to featvis.load; from a shell, pass "
+        "module:callable, a function of yours that returns it (mymodel:build)."
+    )
+
+
+def _refuse_path(text: str) -> None:
+    """For a string or path that no backend accepted: the error that says what it is."""
+    suffix = os.path.splitext(text)[1].lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelError(pickle_refusal(text))
+    named = [spec for spec in list_models() if spec.matches(text)]
+    if named:
+        raise BackendNotFoundError(
+            f"{text!r} is the name of a model, not a model: featvis.load_model({text!r}) opens "
+            "it (featvis.list_models() lists the names)."
+        )
+    if os.path.isfile(text):
+        raise ModelError(
+            f"featvis cannot open {text!r}: model files must be ONNX (.onnx). Export the model "
+            "to ONNX, or load it in its framework and pass the model object to featvis.load."
+        )
 
 
 def list_models() -> list[ModelSpec]:

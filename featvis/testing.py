@@ -70,6 +70,20 @@ class ArrayBackend(BackendBase):
         Defaults to 32x32 RGB scaled to [-1, 1].
     categories : list of str, optional
         Names of the classes the last step scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis.testing import ArrayBackend, Step
+    >>> backend = ArrayBackend(
+    ...     [Step("negate", lambda x: -x), Step("relu", lambda x: np.maximum(x, 0), kind="relu")]
+    ... )
+    >>> [layer.alias for layer in backend.layers()]
+    ['other1', 'relu1']
+    >>> white = np.full((32, 32, 3), 255, np.uint8)  # scaled to 1.0 by the default preprocess
+    >>> acts = backend.activations(white, ["other1", "relu1"])
+    >>> float(acts["other1"].max()), float(acts["relu1"].max())
+    (-1.0, 0.0)
     """
 
     name = "array"

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["OnnxBackend", "register_backends"]
 
-_MISSING = "featvis backend 'onnx' needs onnxruntime and onnx: pip install 'featvis[onnx]'"
+_MISSING = (
+    "featvis backend 'onnx' needs onnxruntime and onnx: pip install -e '.[onnx]' in a clone of "
+    "featvis"
+)
 _DEPENDENCIES = ("onnx", "onnxruntime", "google")  # google.protobuf comes with onnx
 
 
@@ -46,16 +49,16 @@ def accepts(model: Any) -> bool:
     return onnx is not None and isinstance(model, onnx.ModelProto)
 
 
+#: ``featvis_onnx.OnnxBackend``, imported (with onnx and onnxruntime) on first use.
+__getattr__ = featvis.lazy_exports(
+    __name__, {"OnnxBackend": "featvis_onnx._backend"}, missing=_MISSING, requires=_DEPENDENCIES
+)
+
+
 def load(model: Any, **options: Any) -> OnnxBackend:
     """An :class:`OnnxBackend` for ``model``; options are its keyword arguments."""
-    return _backend_class()(model, **options)
-
-
-def _backend_class() -> type[OnnxBackend]:
-    """:class:`OnnxBackend`, imported with onnx and onnxruntime; a missing one is named."""
-    with featvis.requiring(_MISSING, _DEPENDENCIES):
-        from featvis_onnx._backend import OnnxBackend
-    return OnnxBackend
+    backend_class: type[OnnxBackend] = __getattr__("OnnxBackend")
+    return backend_class(model, **options)
 
 
 @featvis.hookimpl
@@ -71,9 +74,3 @@ def register_backends(register: Any) -> None:
             extra="featvis[onnx]",
         )
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "OnnxBackend":
-        return _backend_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

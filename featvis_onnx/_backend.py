@@ -333,13 +333,15 @@ class _OnnxLayerIndex(LayerIndex):
         self._why_not = why_not
         self._by_source = {layer.source: layer for layer in layers if layer.source}
 
-    def resolve(self, key: str | Layer) -> Layer:
+    def resolve(self, key: str | int | Layer) -> Layer:
         try:
             return super().resolve(key)
         except AmbiguousLayerError:
             raise
         except UnknownLayerError:
             name = key.name if isinstance(key, Layer) else key
+            if not isinstance(name, str):  # an index out of range: the base message says so
+                raise
             layer = self._by_source.get(name)
             if layer is not None:
                 return layer

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from featvis import ArgumentError, ModelError
 from featvis_onnx._graph import GraphInfo
 
-__all__ = ["OPTIMIZATION", "Sessions", "available_cpus", "submodel"]
+__all__ = ["OPTIMIZATION", "SPIN_US", "Sessions", "available_cpus", "submodel", "thread_options"]
 
 #: Names accepted for ``optimization=``, and ONNX Runtime's levels.
 OPTIMIZATION = {
@@ -82,6 +82,30 @@ def submodel(g: GraphInfo, outputs: Sequence[str]) -> onnx.ModelProto:
     return model
 
 
+#: How long an intra-op worker spins for more work before it sleeps, in microseconds.
+SPIN_US = 20
+
+
+def thread_options(so: ort.SessionOptions, threads: int) -> ort.SessionOptions:
+    """One intra-op pool of ``threads``, no inter-op pool, and short spinning.
+
+    Workers spin at most :data:`SPIN_US` between the operators of one run, then sleep, and
+    stop spinning when a run ends (``session.force_spinning_stop``). ORT's default spins far
+    longer and keeps spinning after a run, which slows whatever runs next: featvis's own work
+    between runs, or a neighbour process. No spinning at all left workers asleep between the
+    operators of a run: AlexNet conv1 at batch 1 measured 0.9-1.6x a default session. With
+    this, 0.74-1.01x, beside a busy process too (figures in docs/performance.md).
+    """
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
 def check_providers(providers: Sequence[Any] | None) -> list[Any]:
     """The providers to ask ONNX Runtime for; CPU when none are given."""
     if providers is None:
@@ -132,14 +156,7 @@ class Sessions:
         # ALL: requested tensors are graph outputs, which ORT never fuses away, so full
         # optimization is both correct and fastest (lower levels measured slower).
         so.graph_optimization_level = OPTIMIZATION[self.optimization]
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # ORT's workers spin while waiting for work by default; with another busy process on
-        # the machine that made ResNet-50 at batch 1 three times slower (measured), and it
-        # burns CPU between calls. Without spinning a worker sleeps and wakes on work.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        thread_options(so, self.threads)
         so.log_severity_level = 3  # errors only: pruned sub-models trigger harmless warnings
         if self.g.loaded.folder is not None:
             so.add_session_config_entry(

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["TorchBackend", "register_backends", "register_models"]
 
-_MISSING = "featvis backend 'torch' needs PyTorch: pip install 'featvis[torch]'"
+_MISSING = (
+    "featvis backend 'torch' needs PyTorch: pip install -e '.[torch]' in a clone of featvis "
+    "(docs/install.md says how to get the CPU-only torch)"
+)
 _FRAMEWORK = ("torch", "torchvision")
 
 
@@ -34,14 +37,15 @@ def _accepts(model: object) -> bool:
     return isinstance(model, torch.nn.Module)
 
 
-def _backend_class() -> type[TorchBackend]:
-    with featvis.requiring(_MISSING, _FRAMEWORK):
-        from featvis_torch._backend import TorchBackend
-    return TorchBackend
+#: ``featvis_torch.TorchBackend``, imported (with torch) on first use.
+__getattr__ = featvis.lazy_exports(
+    __name__, {"TorchBackend": "featvis_torch._backend"}, missing=_MISSING, requires=_FRAMEWORK
+)
 
 
 def _load(model: object, **options: Any) -> TorchBackend:
-    return _backend_class()(model, **options)  # type: ignore[arg-type]
+    backend_class: type[TorchBackend] = __getattr__("TorchBackend")
+    return backend_class(model, **options)  # type: ignore[arg-type]
 
 
 @featvis.hookimpl
@@ -91,9 +95,3 @@ def register_models(register: Any) -> None:
             prefix=True,
         )
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TorchBackend":
-        return _backend_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -150,7 +150,8 @@ class TorchBackend(BackendBase):
         for needed in ("onnx", "onnxscript"):  # the dynamo exporter imports them lazily
             if importlib.util.find_spec(needed) is None:
                 raise MissingDependencyError(
-                    f"Exporting to ONNX needs {needed}: pip install 'featvis[all]'"
+                    f"Exporting to ONNX needs {needed}: "
+                    "pip install -e '.[all]' in a clone of featvis"
                 )
         path = Path(path)
         size = self.preprocess.size or (224, 224)

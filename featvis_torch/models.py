@@ -15,6 +15,7 @@ module itself (``_blocks.N``).
 from __future__ import annotations
 
 import math
+from importlib import resources
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ _STAGES = (
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 _NUM_CLASSES = 1000
-_INSTALL_HINT = "pip install 'featvis[torch]'"
+_INSTALL_HINT = "pip install -e '.[torch]' in a clone of featvis"
 
 
 class Conv2dSame(nn.Conv2d):
@@ -238,15 +239,20 @@ def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
 def imagenet_categories() -> list[str]:
     """Return the names of the 1000 ImageNet classes, in the order of the models' outputs.
 
-    Read offline from torchvision's weight metadata; nothing is downloaded.
+    Read from ``imagenet_classes.txt``, shipped with featvis_torch (the names torchvision's
+    weights carry, one per line), so that naming classes never imports torchvision: that
+    import alone took longer than the rest of ``featvis demo``.
 
     Returns
     -------
     list of str
         A new list on each call, from ``"tench"`` to ``"toilet tissue"``.
+
+    Examples
+    --------
+    >>> names = imagenet_categories()
+    >>> len(names), names[0], names[-1]
+    (1000, 'tench', 'toilet tissue')
     """
-    try:
-        from torchvision.models import ResNet18_Weights
-    except ImportError as err:
-        raise ImportError(f"imagenet_categories() needs torchvision: {_INSTALL_HINT}") from err
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    text = resources.files("featvis_torch").joinpath("imagenet_classes.txt").read_text("utf-8")
+    return text.splitlines()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from featvis._layers import Layer
 
-__all__ = ["Console", "walkthrough_layers"]
+__all__ = ["Console", "Walkthrough", "walkthrough"]
 
 
 class Console:
@@ -34,15 +35,40 @@ class Console:
             yield bar
 
 
-def walkthrough_layers(layers: Sequence[Layer]) -> list[Layer]:
-    """The layers the seed walkthrough looks at: the first conv, the last conv, and the first
-    ReLU after the last conv (AlexNet: conv1, conv5, relu5). A network without convolutions
-    gives its first and last layers."""
+@dataclass(frozen=True)
+class Walkthrough:
+    """The layers the seed walkthrough looks at (AlexNet: conv1, conv5, relu5).
+
+    ``relu`` is the first ReLU after the last conv, and ``before`` the layer that runs just
+    before it, whose output the ReLU takes: the seed's "conv5 vs relu5" compares a layer with
+    the activation that directly follows it. ``between`` lists what runs from ``deep`` to
+    ``before`` (EfficientNet's BatchNorm after its last conv), empty for AlexNet.
+    """
+
+    first: Layer
+    deep: Layer
+    relu: Layer | None = None
+    before: Layer | None = None
+    between: tuple[Layer, ...] = ()
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Every layer to run, each once, in execution order."""
+        found = [self.first, self.deep, self.before, self.relu]
+        return sorted(
+            dict.fromkeys(layer for layer in found if layer is not None),
+            key=lambda layer: layer.index,
+        )
+
+
+def walkthrough(layers: Sequence[Layer]) -> Walkthrough:
+    """The walkthrough's layers of a model (a model without convolutions: its first and last)."""
     convs = [layer for layer in layers if layer.kind == "conv"]
     if not convs:
-        return list(dict.fromkeys([layers[0], layers[-1]]))
-    chosen = [convs[0], convs[-1]]
-    after = [layer for layer in layers[convs[-1].index + 1 :] if layer.kind == "relu"]
-    if after:
-        chosen.append(after[0])
-    return list(dict.fromkeys(chosen))
+        return Walkthrough(layers[0], layers[-1])
+    first, deep = convs[0], convs[-1]
+    relu = next((layer for layer in layers[deep.index + 1 :] if layer.kind == "relu"), None)
+    if relu is None:
+        return Walkthrough(first, deep)
+    before = layers[relu.index - 1]
+    return Walkthrough(first, deep, relu, before, tuple(layers[deep.index + 1 : before.index + 1]))

@@ -5,16 +5,24 @@ and handles constant, NaN and infinite values on purpose.
 """
 
 from featvis.render._colormaps import COLORMAPS, colormap
-from featvis.render._montage import default_grid, montage, palette_for
-from featvis.render._normalize import normalize, strongest_channel, top_channels
+from featvis.render._montage import default_grid, grid_shape, montage, palette_for
+from featvis.render._normalize import (
+    TIEBREAK,
+    normalize,
+    strongest_channel,
+    tied_channels,
+    top_channels,
+)
 from featvis.render._pair import overlay, pair, resize
 from featvis.render._picture import Picture
 
 __all__ = [
     "COLORMAPS",
+    "TIEBREAK",
     "Picture",
     "colormap",
     "default_grid",
+    "grid_shape",
     "montage",
     "normalize",
     "overlay",
@@ -22,5 +30,6 @@ __all__ = [
     "palette_for",
     "resize",
     "strongest_channel",
+    "tied_channels",
     "top_channels",
 ]

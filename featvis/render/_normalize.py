@@ -10,7 +10,14 @@ import numpy as np
 
 from featvis._errors import ArgumentError
 
-__all__ = ["Scope", "normalize", "strongest_channel", "top_channels"]
+__all__ = [
+    "TIEBREAK",
+    "Scope",
+    "normalize",
+    "strongest_channel",
+    "tied_channels",
+    "top_channels",
+]
 
 Scope = Literal["global", "channel"]
 #: Percentile clipping: ``p`` for ``(p, 100 - p)``, or ``(low, high)``.
@@ -194,6 +201,18 @@ def _channel_scores(a: np.ndarray, by: str, what: str) -> np.ndarray:
     return scores
 
 
+#: The second criterion that orders channels tying under the first, then the lower index.
+TIEBREAK = {"max": "mean", "mean": "max", "l2": "max"}
+
+
+def _ranking(a: np.ndarray, by: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Channel indices strongest first, and the scores under ``by`` in that order."""
+    scores = _channel_scores(a, by, what)
+    second = _channel_scores(a, TIEBREAK[by], what)
+    order = np.lexsort((np.arange(len(scores)), -second, -scores))
+    return order, scores[order]
+
+
 def strongest_channel(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max") -> int:
     """The channel with the largest activation, as MATLAB's ``max(max(max(act)))`` finds it.
 
@@ -208,10 +227,12 @@ def strongest_channel(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max"
     Returns
     -------
     int
-        A 0-based channel index (MATLAB counts from 1: its channel 32 is featvis's 31). Ties go
-        to the lowest index, as MATLAB's ``max`` does. After a clipped ReLU (ReLU6) many
-        channels reach the ceiling and tie under ``"max"``; ``"mean"`` or ``"l2"`` tell them
-        apart.
+        A 0-based channel index (MATLAB counts from 1: its channel 32 is featvis's 31).
+        Channels that tie under ``by`` are told apart by a second criterion, stated in
+        :data:`TIEBREAK`: under ``"max"`` the largest mean wins (after a clipped ReLU such as
+        ReLU6 many channels reach the ceiling, and MATLAB's ``max`` would just take the first),
+        under ``"mean"`` and ``"l2"`` the largest max; then the lower index.
+        :func:`tied_channels` says whether a tie happened.
 
     Examples
     --------
@@ -220,15 +241,34 @@ def strongest_channel(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max"
     >>> a = np.zeros((3, 2, 2)); a[1, 0, 0] = 5.0; a[2] = 2.0
     >>> strongest_channel(a), strongest_channel(a, by="mean")
     (1, 2)
+    >>> relu6 = np.zeros((3, 2, 2)); relu6[:, 0, 0] = 6.0; relu6[2, 1, 1] = 1.0
+    >>> strongest_channel(relu6)  # all three reach 6.0; channel 2 has the largest mean
+    2
     """
-    return int(np.argmax(_channel_scores(a, by, "strongest_channel")))
+    return int(_ranking(a, by, "strongest_channel")[0][0])
+
+
+def tied_channels(a: np.ndarray, *, by: Literal["max", "mean", "l2"] = "max") -> list[int]:
+    """The channels that share the strongest score under ``by``, in the order
+    :func:`strongest_channel` ranks them (its answer first). One channel means no tie.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis.render import tied_channels
+    >>> relu6 = np.zeros((3, 2, 2)); relu6[:, 0, 0] = 6.0; relu6[2, 1, 1] = 1.0
+    >>> tied_channels(relu6)
+    [2, 0, 1]
+    """
+    order, scores = _ranking(a, by, "tied_channels")
+    return [int(i) for i in order[scores == scores[0]]]
 
 
 def top_channels(a: np.ndarray, k: int, *, by: Literal["max", "mean", "l2"] = "max") -> list[int]:
     """The ``k`` strongest channels, strongest first (see :func:`strongest_channel`).
 
-    Returns fewer than ``k`` indices when the layer has fewer channels; ties keep the lower
-    index first.
+    Returns fewer than ``k`` indices when the layer has fewer channels; ties are ordered as
+    :func:`strongest_channel` orders them.
 
     Examples
     --------
@@ -237,8 +277,7 @@ def top_channels(a: np.ndarray, k: int, *, by: Literal["max", "mean", "l2"] = "m
     >>> top_channels(np.arange(4.0).reshape(4, 1, 1), 2)
     [3, 2]
     """
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ArgumentError(f"k must be a positive integer, got {k!r}.")
-    scores = _channel_scores(a, by, "top_channels")
-    order = np.argsort(-scores, kind="stable")
+    order, _ = _ranking(a, by, "top_channels")
     return [int(i) for i in order[:k]]

@@ -7,10 +7,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from featvis._deprecation import renamed
 from featvis._errors import ArgumentError
 from featvis._images import ImageSource, read_image
 from featvis.render._colormaps import colormap
-from featvis.render._normalize import normalize as _normalize
+from featvis.render._normalize import normalize
 from featvis.render._picture import Picture
 
 __all__ = ["overlay", "pair", "resize"]
@@ -43,8 +44,9 @@ def _target_size(size: object) -> tuple[int, int]:
     return height, width
 
 
+@renamed(map="a")
 def resize(
-    map: np.ndarray,
+    a: np.ndarray,
     size: tuple[int, int] | np.ndarray | Image.Image | Picture,
     *,
     method: Literal["nearest", "bilinear", "bicubic"] = "bilinear",
@@ -60,8 +62,9 @@ def resize(
 
     Parameters
     ----------
-    map : ndarray, shape (H, W) or (C, H, W)
-        Not modified.
+    a : ndarray, shape (H, W) or (C, H, W)
+        The map(s). Not modified. (Called ``map`` before featvis 0.2; that name still works
+        until 0.3, with a DeprecationWarning.)
     size : (height, width), or an image (array, PIL image, Picture) whose size to match
     method : {"nearest", "bilinear", "bicubic"}
         MATLAB's default is bicubic; bilinear (the default here) never overshoots.
@@ -77,15 +80,17 @@ def resize(
     >>> resize(np.array([[0.0, 1.0]]), (1, 4)).tolist()
     [[0.0, 0.25, 0.75, 1.0]]
     """
-    map = np.asarray(map)
+    a = np.asarray(a)
     if method not in _FILTERS:
         raise ArgumentError(f"method must be one of {', '.join(_FILTERS)}, got {method!r}.")
     height, width = _target_size(size)
-    if map.ndim == 3:
-        return np.stack([resize(m, (height, width), method=method) for m in map])
-    if map.ndim != 2:
-        raise ArgumentError(f"resize takes an (H, W) or (C, H, W) map, got shape {map.shape}.")
-    data = np.ascontiguousarray(map, dtype=np.float32)
+    if a.ndim == 3:
+        return np.stack([resize(m, (height, width), method=method) for m in a])
+    if a.ndim != 2:
+        raise ArgumentError(f"resize takes an (H, W) or (C, H, W) map, got shape {a.shape}.")
+    if a.size == 0:
+        raise ArgumentError(f"resize got an empty map (shape {a.shape}).")
+    data = np.ascontiguousarray(a, dtype=np.float32)
     if data.shape == (height, width):
         return data.copy()
     out = np.asarray(Image.fromarray(data, mode="F").resize((width, height), _FILTERS[method]))
@@ -95,29 +100,32 @@ def resize(
     return np.array(out, dtype=np.float32)
 
 
-def _single_map(map: np.ndarray) -> np.ndarray:
-    map = np.asarray(map)
-    squeezed = (
-        map.reshape(map.shape[-2:]) if map.ndim > 2 and map.size == np.prod(map.shape[-2:]) else map
-    )
+def _single_map(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    squeezed = a.reshape(a.shape[-2:]) if a.ndim > 2 and a.size == np.prod(a.shape[-2:]) else a
     if squeezed.ndim != 2:
         raise ArgumentError(
-            f"pair and overlay take one channel, an (H, W) map, got shape {map.shape}; "
+            f"pair and overlay take one channel, an (H, W) map, got shape {a.shape}; "
             "pick one with acts[i, channel]."
         )
     return squeezed
 
 
 def _prepared(
-    image: ImageSource, map: np.ndarray, normalize: str | None, method: str
+    image: ImageSource, a: np.ndarray, scope: str | None, method: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image as uint8 RGB, and the map in [0, 1] at the image's size (NaN becomes 0)."""
     rgb = read_image(image)
-    values = _single_map(map)
-    if normalize is not None:
-        values = _normalize(values, scope="global")
-    else:
+    values = _single_map(a)
+    if scope == "global":
+        values = normalize(values, scope="global")
+    elif scope is None:
         values = np.clip(values.astype(np.float32), 0.0, 1.0)
+    else:
+        raise ArgumentError(
+            f"scope must be 'global' (mat2gray of this one map) or None (values already in "
+            f"[0, 1]), got {scope!r}."
+        )
     values = resize(values, rgb.shape[:2], method=method)  # type: ignore[arg-type]
     return rgb, np.nan_to_num(np.clip(values, 0.0, 1.0), nan=0.0)
 
@@ -135,13 +143,14 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)) / np.float32(255.0)
 
 
+@renamed(map="a", normalize="scope")
 def overlay(
     image: ImageSource,
-    map: np.ndarray,
+    a: np.ndarray,
     *,
     alpha: float = 0.5,
     cmap: str = "jet",
-    normalize: str | None = "global",
+    scope: Literal["global"] | None = "global",
     method: Literal["nearest", "bilinear", "bicubic"] = "bilinear",
 ) -> Picture:
     """A heat map of ``map`` laid over the image, as Grad-CAM tools draw one.
@@ -149,36 +158,53 @@ def overlay(
     Parameters
     ----------
     image : path, PIL image or (H, W[, C]) array
-    map : ndarray, shape (h, w)
+    a : ndarray, shape (h, w)
         One channel; resized to the image's size with :func:`resize`.
     alpha : float
         Weight of the heat map, from 0 (only the image) to 1 (only the heat map).
     cmap : str
         Colormap of the heat map.
-    normalize : {"global"} or None
+    scope : {"global"} or None
         ``"global"``: scale the map with ``mat2gray`` first; ``None``: take it as [0, 1].
     method : {"nearest", "bilinear", "bicubic"}
 
     Returns
     -------
     Picture
-        The image's size, RGB: ``(1 - alpha) * image + alpha * cmap(map)``.
+        The image's size, RGB: ``(1 - alpha) * image + alpha * cmap(a)``.
+
+    Notes
+    -----
+    ``map`` and ``normalize`` are the names of ``a`` and ``scope`` before featvis 0.2; they
+    still work until 0.3, with a DeprecationWarning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featvis import overlay
+    >>> image = np.full((4, 6, 3), 255, np.uint8)  # a white image
+    >>> heat = overlay(image, np.array([[0.0, 1.0]]), alpha=0.5)
+    >>> heat.size
+    (4, 6)
+    >>> np.asarray(heat)[0, 0].tolist(), np.asarray(heat)[0, -1].tolist()  # jet's blue, red
+    ([128, 128, 192], [192, 128, 128])
     """
     if not 0.0 <= alpha <= 1.0:
         raise ArgumentError(f"alpha must be between 0 and 1, got {alpha!r}.")
-    rgb, values = _prepared(image, map, normalize, method)
+    rgb, values = _prepared(image, a, scope, method)
     heat = _apply_cmap(values, cmap).astype(np.float32)
     blended = rgb.astype(np.float32) * np.float32(1.0 - alpha) + heat * np.float32(alpha)
     return Picture((blended + 0.5).astype(np.uint8))
 
 
+@renamed(map="a", normalize="scope")
 def pair(
     image: ImageSource,
-    map: np.ndarray,
+    a: np.ndarray,
     *,
     mode: PairMode = "montage",
-    normalize: str | None = "global",
-    cmap: str = "gray",
+    scope: Literal["global"] | None = "global",
+    cmap: str | None = None,
     alpha: float = 0.5,
     method: Literal["nearest", "bilinear", "bicubic"] = "bilinear",
 ) -> Picture:
@@ -189,18 +215,19 @@ def pair(
     Parameters
     ----------
     image : path, PIL image or (H, W[, C]) array
-    map : ndarray, shape (h, w)
+    a : ndarray, shape (h, w)
         One channel, e.g. ``acts[0, 31]``.
     mode : {"montage", "blend", "falsecolor", "overlay"}
         ``"montage"``: side by side, the map in ``cmap`` (gray by default), as the seed's
         ``imshowpair(im, act, 'montage')``. ``"blend"``: the image in gray and the map averaged
         with weight ``alpha``. ``"falsecolor"``: the image in green and the map in magenta, so
         gray shows where they agree (MATLAB's default). ``"overlay"``: see :func:`overlay`
-        (heat map in ``cmap``, jet if ``cmap`` is gray).
-    normalize : {"global"} or None
-        ``None`` takes the map as already in [0, 1].
-    cmap : str
-        Colormap of the map in ``"montage"`` and ``"overlay"`` mode.
+        (a heat map in ``cmap``, jet by default).
+    scope : {"global"} or None
+        ``"global"``: ``mat2gray`` of this map; ``None`` takes the map as already in [0, 1].
+    cmap : str, optional
+        Colormap of the map: ``"montage"`` mode (default gray) and ``"overlay"`` mode (default
+        jet). ``"blend"`` and ``"falsecolor"`` have fixed colors, and refuse a ``cmap``.
     alpha : float
         Weight of the map in ``"blend"`` and ``"overlay"`` mode.
     method : {"nearest", "bilinear", "bicubic"}
@@ -211,6 +238,11 @@ def pair(
     Picture
         RGB; twice the image's width in ``"montage"`` mode, the image's size otherwise.
 
+    Notes
+    -----
+    ``map`` and ``normalize`` are the names of ``a`` and ``scope`` before featvis 0.2; they
+    still work until 0.3, with a DeprecationWarning.
+
     Examples
     --------
     >>> import numpy as np
@@ -220,21 +252,24 @@ def pair(
     (4, 8)
     """
     if mode == "overlay":
-        return overlay(
-            image,
-            map,
-            alpha=alpha,
-            cmap="jet" if cmap == "gray" else cmap,
-            normalize=normalize,
-            method=method,
-        )
+        return overlay(image, a, alpha=alpha, cmap=cmap or "jet", scope=scope, method=method)
     if mode not in ("montage", "blend", "falsecolor"):
         raise ArgumentError(
             f"mode must be 'montage', 'blend', 'falsecolor' or 'overlay', got {mode!r}."
         )
-    rgb, values = _prepared(image, map, normalize, method)
+    if cmap is not None and mode != "montage":
+        raise ArgumentError(
+            f"mode={mode!r} draws fixed colors ("
+            + (
+                "the image in gray, the map averaged in"
+                if mode == "blend"
+                else "the image in green, the map in magenta"
+            )
+            + f"); cmap={cmap!r} applies to 'montage' and 'overlay' mode."
+        )
+    rgb, values = _prepared(image, a, scope, method)
     if mode == "montage":
-        return Picture(np.concatenate([rgb, _apply_cmap(values, cmap)], axis=1))
+        return Picture(np.concatenate([rgb, _apply_cmap(values, cmap or "gray")], axis=1))
     gray = _gray(rgb)
     if mode == "blend":
         if not 0.0 <= alpha <= 1.0:

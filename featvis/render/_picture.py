@@ -17,6 +17,8 @@ __all__ = ["Picture"]
 #: zlib level for PNG. Pillow's default (6) made encoding ~70% of "image in, montage PNG out";
 #: level 1 is several times faster for files about 10-30% larger (see docs/performance.md).
 PNG_COMPRESS_LEVEL = 1
+#: JPEG quality for photographs (and figures that contain one) in reports and the demo.
+JPEG_QUALITY = 90
 
 
 class Picture:
@@ -98,7 +100,8 @@ class Picture:
     def save(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write the picture; the format follows the suffix (``.png``, ``.jpg``, ...).
 
-        PNG files use fast compression (zlib level 1) unless ``compress_level`` is given.
+        PNG files use fast compression (zlib level 1) unless ``compress_level`` is given, JPEG
+        files quality 90 unless ``quality`` is.
         ``options`` go to :meth:`PIL.Image.Image.save`. Returns the path.
         """
         path = Path(path)
@@ -107,6 +110,8 @@ class Picture:
             options.setdefault("compress_level", PNG_COMPRESS_LEVEL)
         elif image.mode == "P":
             image = image.convert("RGB")  # JPEG and friends have no palettes
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            options.setdefault("quality", JPEG_QUALITY)
         try:
             image.save(path, **options)
         except (KeyError, ValueError) as exc:
@@ -114,9 +119,15 @@ class Picture:
         return path
 
     def png(self) -> bytes:
-        """The picture as PNG bytes."""
+        """The picture as PNG bytes: lossless, for maps and montages."""
         buffer = io.BytesIO()
         self.to_pil().save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return buffer.getvalue()
+
+    def jpeg(self, quality: int = JPEG_QUALITY) -> bytes:
+        """The picture as JPEG bytes: for photographs, a tenth of their PNG size or less."""
+        buffer = io.BytesIO()
+        self.to_pil().convert("RGB").save(buffer, format="JPEG", quality=quality)
         return buffer.getvalue()
 
     def _repr_png_(self) -> bytes:

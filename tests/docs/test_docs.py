@@ -49,7 +49,7 @@ def test_ci_runs_the_readme_test_command() -> None:
         r"<!-- test-command -->\n```\n(.*?)\n```\n<!-- /test-command -->", readme, re.S
     )
     assert block, "README.md must mark its test command"
-    assert "pytest" in block.group(1)
+    assert "python -m pytest --slow" in block.group(1), "CI must run the slow tests too"
     extracted = subprocess.run(
         [str(ROOT / ".ci" / "run"), "--print-command"],
         cwd=ROOT,

@@ -121,3 +121,18 @@ def test_repr_and_preprocess_check() -> None:
     assert repr(backend) == "<ArrayBackend 'array': 8 layers>"
     with pytest.raises(featvis.ArgumentError, match="featvis.Preprocess"):
         tiny_cnn(preprocess=(224, 224))  # type: ignore[arg-type]
+
+
+def test_a_layer_is_asked_for_by_its_index_in_the_table() -> None:
+    import numpy as np
+
+    from featvis.testing import tiny_cnn
+
+    backend = tiny_cnn()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(
+        backend.activations(image, 0), backend.activations(image, "conv1")
+    )
+    both = backend.activations(image, [-1, "conv1"])
+    assert list(both) == [-1, "conv1"] and both[-1].shape == (1, 10, 1, 1)
+    assert backend.layer(3).alias == "conv2"

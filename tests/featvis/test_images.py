@@ -219,3 +219,13 @@ def test_inputs_are_not_modified(halves: np.ndarray) -> None:
     prepare_images([halves, pil], Preprocess(size=(2, 2)))
     np.testing.assert_array_equal(halves, before)
     np.testing.assert_array_equal(np.asarray(pil), before)
+
+
+def test_an_empty_image_is_refused() -> None:
+    import featvis
+
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.float32)):
+        with pytest.raises(featvis.ImageError, match=r"is empty \(0x\d pixels\)"):
+            featvis.read_image(empty)
+        with pytest.raises(featvis.ImageError, match="is empty"):
+            featvis.prepare_images([empty], featvis.Preprocess())

@@ -1,5 +1,6 @@
 """Layers: canonical aliases, resolution by name or alias, and the layer table."""
 
+import numpy as np
 import pytest
 
 import featvis
@@ -56,20 +57,26 @@ def test_a_module_name_wins_over_an_alias_it_collides_with() -> None:
     assert LayerIndex(layers).resolve("conv2").name == "conv2"
 
 
-def test_unknown_layer_suggests_the_closest_and_lists_layers() -> None:
+def test_unknown_layer_suggests_the_closest_first_then_where_to_see_all() -> None:
     layers = _layers(*[(f"features.{i}", k) for i, k in enumerate(["conv", "relu"] * 5)])
     with pytest.raises(featvis.UnknownLayerError) as info:
         LayerIndex(layers).resolve("conv9")
     message = str(info.value)
-    assert message.startswith("Unknown layer 'conv9'. Did you mean 'conv5'")
-    assert "relu5 (features.9)" in message
+    assert message.startswith("Unknown layer 'conv9'. Did you mean 'conv5' (features.8)")
+    assert message.endswith(
+        "All 10 layers: featvis.layer_table(backend) in Python, `featvis layers MODEL` in a shell."
+    )
     assert isinstance(info.value, KeyError)
 
 
-def test_a_long_layer_list_is_shortened_in_the_message() -> None:
-    layers = _layers(*[(f"m{i}", "conv") for i in range(40)])
-    with pytest.raises(featvis.UnknownLayerError, match=r"and 16 more"):
-        LayerIndex(layers).resolve("nothing like it")
+def test_the_unknown_layer_message_stays_short_for_a_big_model() -> None:
+    layers = _layers(*[(f"blocks.{i}.conv", "conv") for i in range(300)])
+    for key in ("blocks.7.cnv", "nothing like it"):
+        with pytest.raises(featvis.UnknownLayerError) as info:
+            LayerIndex(layers).resolve(key)
+        assert len(str(info.value)) < 300, str(info.value)
+        assert "All 300 layers" in str(info.value)
+    assert "conv1, conv2, conv3, conv4, conv5, conv6, ... conv300" in str(info.value)
 
 
 def test_a_module_called_twice_needs_its_call_number() -> None:
@@ -84,9 +91,27 @@ def test_a_module_called_twice_needs_its_call_number() -> None:
     assert index.resolve("layer1.0.relu#2").alias == "relu2"
 
 
-def test_a_layer_is_named_by_a_string() -> None:
-    with pytest.raises(featvis.ArgumentError, match="not int"):
-        LayerIndex(_layers(("a", "conv"))).resolve(0)  # type: ignore[arg-type]
+def test_a_layer_is_named_by_a_string_or_its_index_in_the_table() -> None:
+    layers = _layers(("a", "conv"), ("b", "relu"), ("c", "pool"))
+    index = LayerIndex(layers)
+    assert index.resolve(0) is layers[0]
+    assert index.resolve(np.int64(2)) is layers[2]
+    assert index.resolve(-1) is layers[2]  # as in a list
+    assert index.resolve("1") is layers[1]  # the command line's --layer 1
+    with pytest.raises(featvis.UnknownLayerError, match="index 3 is out of range: .* 0 to 2"):
+        index.resolve(3)
+    with pytest.raises(featvis.UnknownLayerError, match="index 7 is out of range"):
+        index.resolve("7")
+    with pytest.raises(featvis.ArgumentError, match="not float 1.0"):
+        index.resolve(1.0)  # type: ignore[arg-type]
+    with pytest.raises(featvis.ArgumentError, match="not bool"):
+        index.resolve(True)  # type: ignore[arg-type]
+
+
+def test_a_layer_named_with_digits_wins_over_the_index() -> None:
+    layers = _layers(("1", "conv"), ("0", "relu"))  # an nn.Sequential names its modules so
+    assert LayerIndex(layers).resolve("0").name == "0"
+    assert LayerIndex(layers).resolve(0).name == "1"  # an int is always the index
 
 
 def test_layer_table_reads_like_matlab_net_layers() -> None:

@@ -82,8 +82,14 @@ def test_a_missing_framework_is_shown_with_its_extra() -> None:
     )
     assert not spec.available
     assert (
-        spec.summary() == "x (X models; missing no_such_module_anywhere; pip install 'featvis[x]')"
+        spec.summary()
+        == "x (X models; missing no_such_module_anywhere; pip install -e '.[x]' in a clone of "
+        "featvis)"
     )
+    other = featvis.BackendSpec(
+        name="y", accepts=bool, load=lambda m: m, requires=("no_such_module",), extra="yy[gpu]"
+    )
+    assert other.summary().endswith("; pip install 'yy[gpu]')")
 
 
 def test_a_plugin_that_breaks_only_warns(abacus: AbacusPlugin) -> None:
@@ -221,3 +227,49 @@ def test_requiring_names_what_to_install_and_lets_other_import_errors_through() 
     with pytest.raises(ImportError) as raised, featvis.requiring("needs it", ["nosuchnet"]):
         import featvis_plugin_typo  # type: ignore[import-not-found]  # noqa: F401
     assert not isinstance(raised.value, featvis.MissingDependencyError)
+
+
+def test_load_explains_strings_no_backend_takes(tmp_path: Path) -> None:
+    with pytest.raises(
+        featvis.ModelError, match="does not open pickled model files such as 'x.pt'"
+    ):
+        featvis.load("x.pt")
+    with pytest.raises(
+        featvis.BackendNotFoundError,
+        match=r"'efficientnet_lite0' is the name of a model, not a model: "
+        r"featvis.load_model\('efficientnet_lite0'\) opens it",
+    ):
+        featvis.load("efficientnet_lite0")
+    (tmp_path / "weights.h5").write_bytes(b"HDF")
+    with pytest.raises(featvis.ModelError, match="model files must be ONNX"):
+        featvis.load(tmp_path / "weights.h5")
+    with pytest.raises(
+        featvis.BackendNotFoundError, match="No installed backend accepts a builtins.str"
+    ):
+        featvis.load("no such thing")
+
+
+def test_lazy_exports_import_on_first_use_and_name_a_missing_framework() -> None:
+    from featvis.testing import ArrayBackend
+
+    table = featvis.lazy_exports(
+        "featvis_fake", {"ArrayBackend": "featvis.testing"}, missing="m", requires=["numpy"]
+    )
+    assert table("ArrayBackend") is ArrayBackend
+    with pytest.raises(AttributeError, match="module 'featvis_fake' has no attribute 'Nope'"):
+        table("Nope")
+    broken = featvis.lazy_exports(
+        "featvis_fake",
+        {"X": "no_such_framework.sub"},
+        missing="install it",
+        requires=["no_such_framework"],
+    )
+    with pytest.raises(featvis.MissingDependencyError, match="install it"):
+        broken("X")
+
+
+def test_install_hints_say_what_works_from_a_clone() -> None:
+    assert (
+        featvis.install_hint("featvis[torch]") == "pip install -e '.[torch]' in a clone of featvis"
+    )
+    assert featvis.install_hint("featvis-mynet") == "pip install 'featvis-mynet'"

@@ -101,7 +101,7 @@ def test_montage_fills_an_8x12_grid_row_by_row() -> None:
 def test_montage_uses_mat2gray_over_all_channels() -> None:
     acts = np.array([[[[0.0]], [[1.0]], [[4.0]]]])
     assert _gray(montage(acts, grid=(1, 3), padding=0)).tolist() == [[0, 64, 255]]
-    by_channel = montage(acts, grid=(1, 3), padding=0, normalize="channel")
+    by_channel = montage(acts, grid=(1, 3), padding=0, scope="channel")
     assert _gray(by_channel).tolist() == [[0, 0, 0]]  # each 1x1 tile is constant
 
 
@@ -113,7 +113,14 @@ def test_empty_tiles_show_the_separator_not_the_data_mean() -> None:
 
 
 def test_default_grid_is_near_square_and_fits_all_channels() -> None:
-    for channels, grid in [(96, (8, 12)), (64, (8, 8)), (1, (1, 1)), (2048, (41, 50))]:
+    for channels, grid in [
+        (96, (8, 12)),
+        (64, (8, 8)),
+        (1, (1, 1)),
+        (2048, (32, 64)),
+        (32, (4, 8)),
+        (1280, (32, 40)),
+    ]:
         picture = montage(np.zeros((channels, 7, 7)), padding=0)
         assert picture.size == (grid[0] * 7, grid[1] * 7)
 
@@ -121,7 +128,7 @@ def test_default_grid_is_near_square_and_fits_all_channels() -> None:
 def test_grid_with_one_side_open() -> None:
     assert montage(np.zeros((10, 2, 2)), grid=(2, None), padding=0).size == (4, 10)
     assert montage(np.zeros((10, 2, 2)), grid=(None, 3), padding=0).size == (8, 6)
-    with pytest.raises(featvis.ArgumentError, match="holds 6 tiles, but there are 10"):
+    with pytest.raises(featvis.ArgumentError, match="holds 6 tiles, but there are 10 channels"):
         montage(np.zeros((10, 2, 2)), grid=(2, 3))
 
 
@@ -185,7 +192,7 @@ def test_montage_colormap_and_options() -> None:
         montage(acts, cmap="parula")
     with pytest.raises(featvis.ArgumentError, match="padding"):
         montage(acts, padding=-1)
-    raw = np.asarray(montage(np.array([[[0.5, 2.0]]]), normalize=None, padding=0))
+    raw = np.asarray(montage(np.array([[[0.5, 2.0]]]), scope=None, padding=0))
     assert raw[0, :, 0].tolist() == [128, 255]  # taken as [0, 1], clipped above
 
 
@@ -329,3 +336,156 @@ def test_every_colormap_runs_from_dark_or_blue_to_light() -> None:
         0,
         0,
     ]
+
+
+# -- the fenced fast paths against their plain twins -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "scope"),
+    [
+        ((96, 55, 55), "global"),
+        ((2048, 7, 7), "global"),
+        ((37, 3, 3), "channel"),
+        ((5, 4, 8), None),
+        ((10, 2, 2), "global"),
+    ],
+)
+def test_fast_levels_equal_the_plain_normalize_then_round(
+    shape: tuple[int, int, int], scope: str | None
+) -> None:
+    from featvis.render import _fast, _tiles
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal(shape).astype(np.float32)
+    if scope is None:
+        a = (a - a.min()) / (a.max() - a.min())
+    a.flat[::97] = np.nan
+    a.flat[5] = np.inf
+    plain = _tiles.levels(a, scope, None, None)  # type: ignore[arg-type]
+    fast = _fast.levels(a, scope, None, None)  # type: ignore[arg-type]
+    assert plain.dtype == fast.dtype == np.uint8
+    assert ((plain == _tiles.NODATA) == (fast == _tiles.NODATA)).all()  # NaN: no data, in both
+    difference = np.abs(plain.astype(int) - fast.astype(int))
+    # Both round the same values; the fused arithmetic may land the other side of a .5 boundary
+    # for a value within float32's precision of it, never further.
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("count", "tile", "padding", "grid"),
+    [
+        (2048, (7, 7), 1, (32, 64)),  # a tile row + gap of 8 bytes: the machine-word path
+        (37, (3, 3), 1, (5, 8)),  # 4 bytes, with a short last row
+        (5, (1, 1), 1, (2, 3)),  # 2 bytes
+        (96, (55, 55), 1, (8, 12)),  # the plain path
+        (7, (4, 8), 0, (3, 3)),  # 8 bytes without padding, two empty tiles
+    ],
+)
+def test_fast_tiling_equals_the_plain_twin(
+    count: int, tile: tuple[int, int], padding: int, grid: tuple[int, int]
+) -> None:
+    from featvis.render import _fast, _tiles
+
+    a = np.random.default_rng(count).standard_normal((count, *tile)).astype(np.float32)
+    levels = _fast.levels(a, "global", None, None)  # with the spare bytes the fast path needs
+    np.testing.assert_array_equal(
+        _fast.tile(levels, *grid, padding), _tiles.tile(levels.copy(), *grid, padding)
+    )
+
+
+# -- grids, enlarged tiles ---------------------------------------------------------------------
+
+
+def test_a_grid_must_not_leave_rows_or_columns_empty() -> None:
+    from featvis.render import grid_shape
+
+    assert grid_shape((4, 8), 30) == (4, 8)
+    with pytest.raises(featvis.ArgumentError, match="100x100 grid for 32 channels leaves whole"):
+        montage(np.zeros((32, 2, 2)), grid=(100, 100))
+    with pytest.raises(featvis.ArgumentError, match="1x40 grid .* 1x32 holds them all"):
+        grid_shape((1, 40), 32)
+    with pytest.raises(featvis.ArgumentError, match="at least one row"):
+        grid_shape((0, None), 32)
+    with pytest.raises(featvis.ArgumentError, match="two whole numbers"):
+        grid_shape(("a", 3), 32)  # type: ignore[arg-type]
+
+
+def test_scale_draws_each_value_as_a_block() -> None:
+    acts = np.arange(8.0).reshape(2, 2, 2)
+    big = np.asarray(montage(acts, grid=(1, 2), padding=1, scale=3))
+    small = np.asarray(montage(acts, grid=(1, 2), padding=1))
+    assert big.shape == (1 + 6 + 1, 1 + 2 * (6 + 1), 3)
+    # every value of the small montage is a 3x3 block in the big one
+    np.testing.assert_array_equal(big[1:7, 1:7], small[1:3, 1:3].repeat(3, 0).repeat(3, 1))
+    with pytest.raises(featvis.ArgumentError, match="scale must be a positive integer"):
+        montage(acts, scale=0)
+
+
+def test_readable_scale_enlarges_small_tiles_within_the_size_limit() -> None:
+    from featvis._figures import readable_scale
+
+    assert readable_scale((1280, 7, 7)) == 3  # 32x40 tiles of 21 px: 881 px wide
+    assert readable_scale((1280, 7, 7), max_size=None) == 5  # 35 px tiles, no limit
+    assert readable_scale((1280, 7, 7), max_size=300) == 1  # 321 px already
+    assert readable_scale((32, 112, 112)) == 1
+    assert readable_scale((256, 13, 13)) == 3  # AlexNet conv5: 16x16 tiles of 39 px
+
+
+# -- ties, cmap per mode, renamed keywords -----------------------------------------------------
+
+
+def test_ties_for_the_strongest_channel_are_broken_by_the_mean_and_reported() -> None:
+    relu6 = np.zeros((4, 3, 3), np.float32)
+    relu6[[0, 1, 3], 0, 0] = 6.0  # three channels reach the ceiling
+    relu6[3, 1:, :] = 0.5  # channel 3 has the largest mean of them
+    relu6[2] = 5.0  # the largest mean overall, but not the largest value
+    assert featvis.strongest_channel(relu6) == 3
+    assert featvis.tied_channels(relu6) == [3, 0, 1]
+    assert featvis.top_channels(relu6, 4) == [3, 0, 1, 2]
+    assert featvis.strongest_channel(relu6, by="mean") == 2
+    assert featvis.tied_channels(relu6, by="mean") == [2]
+    from featvis._figures import strongest
+
+    assert strongest(relu6) == (
+        3,
+        "the largest mean of the 3 channels that tie for the layer's largest single value, 6",
+    )
+    assert strongest(relu6[2:3]) == (0, "the layer's largest single value, 5")
+
+
+def test_pair_takes_a_cmap_where_it_draws_one_and_refuses_it_elsewhere() -> None:
+    image = np.full((4, 4, 3), 128, np.uint8)
+    channel = np.eye(2)
+    gray_overlay = np.asarray(featvis.pair(image, channel, mode="overlay", cmap="gray"))
+    assert (gray_overlay[..., 0] == gray_overlay[..., 2]).all()  # gray, not replaced by jet
+    assert not np.array_equal(
+        gray_overlay, np.asarray(featvis.pair(image, channel, mode="overlay"))
+    )  # the default heat map is jet
+    for mode in ("blend", "falsecolor"):
+        with pytest.raises(featvis.ArgumentError, match=f"mode='{mode}' draws fixed colors"):
+            featvis.pair(image, channel, mode=mode, cmap="jet")  # type: ignore[arg-type]
+
+
+def test_renamed_keywords_still_work_for_one_release_with_a_warning() -> None:
+    acts = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.warns(DeprecationWarning, match=r"montage\(normalize=...\) .* use montage\(scope"):
+        old = montage(acts, normalize="channel")
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(montage(acts, scope="channel")))
+    with pytest.warns(DeprecationWarning, match=r"resize\(map=...\) .* use resize\(a=...\)"):
+        resized = featvis.resize(map=acts[0], size=(8, 8))  # type: ignore[call-arg]
+    np.testing.assert_array_equal(resized, featvis.resize(acts[0], (8, 8)))
+    with pytest.warns(DeprecationWarning, match=r"use pair\(a=...\)"):
+        featvis.pair(image, map=acts[0])  # type: ignore[call-arg]
+    with pytest.warns(DeprecationWarning, match=r"use overlay\(scope=...\)"):
+        featvis.overlay(image, acts[0], normalize=None)  # type: ignore[call-arg]
+    with pytest.raises(featvis.ArgumentError, match="got both normalize= and scope="):
+        montage(acts, normalize="global", scope="global")  # type: ignore[call-arg]
+
+
+def test_an_empty_map_is_refused() -> None:
+    with pytest.raises(featvis.ArgumentError, match="empty"):
+        montage(np.zeros((0, 3, 3)))
+    with pytest.raises(featvis.ArgumentError, match="empty map"):
+        featvis.resize(np.zeros((0, 3)), (4, 4))

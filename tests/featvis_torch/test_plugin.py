@@ -81,7 +81,8 @@ def test_without_torch_loading_says_what_to_install() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "featvis backend 'torch' needs PyTorch: pip install 'featvis[torch]'",
+        "featvis backend 'torch' needs PyTorch: pip install -e '.[torch]' in a clone of featvis "
+        "(docs/install.md says how to get the CPU-only torch)",
         "MissingDependencyError",
     ]
 

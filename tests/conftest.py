@@ -1,0 +1,30 @@
+"""The whole suite's options: ``--slow`` runs the tests marked slow too.
+
+``python -m pytest`` skips every ``@pytest.mark.slow`` test (architecture zoos, ONNX exports,
+real weights, subprocess runs of the ``featvis`` command: seconds each), so that a contributor's
+run stays within a minute or two; ``python -m pytest --slow`` runs everything, as CI does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+SLOW_REASON = "slow: run with --slow"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (real architectures, ONNX exports, subprocesses)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason=SLOW_REASON)
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
