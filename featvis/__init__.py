@@ -7,7 +7,7 @@
 >>> featvis.montage(act, grid=(8, 12)).save("conv1.png")  # doctest: +SKIP
 """
 
-from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
+from featvis._backend import Activations, Backend, BackendBase, LayerKey, as_nchw
 from featvis._capabilities import (
     Differentiable,
     Gradients,
@@ -24,6 +24,7 @@ from featvis._errors import (
     CapabilityError,
     FeatvisError,
     ImageError,
+    LayerWarning,
     LayoutError,
     MissingDependencyError,
     ModelError,
@@ -60,6 +61,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
+    "Activations",
     "AmbiguousLayerError",
     "ArgumentError",
     "Backend",
@@ -76,6 +78,7 @@ __all__ = [
     "Layer",
     "LayerKey",
     "LayerTable",
+    "LayerWarning",
     "LayoutError",
     "MissingDependencyError",
     "ModelError",
