@@ -9,6 +9,7 @@ import pytest
 
 import featvis
 from featvis import plugins
+from featvis.hookspecs import hookspec
 from featvis.testing import tiny_cnn
 
 
@@ -221,3 +222,33 @@ def test_requiring_names_what_to_install_and_lets_other_import_errors_through() 
     with pytest.raises(ImportError) as raised, featvis.requiring("needs it", ["nosuchnet"]):
         import featvis_plugin_typo  # type: ignore[import-not-found]  # noqa: F401
     assert not isinstance(raised.value, featvis.MissingDependencyError)
+
+
+class _Evolved:
+    """A hook that gained an argument, as the style guide says hooks evolve."""
+
+    @hookspec
+    def register_extras(self, register, version):  # type: ignore[no-untyped-def]
+        """Register extras; ``version`` is the newer argument."""
+
+
+class _EvolvedPlugin:
+    def __init__(self) -> None:
+        self.got: dict[str, object] = {}
+
+    @featvis.hookimpl
+    def register_extras(self, version, register):  # type: ignore[no-untyped-def]
+        self.got = {"version": version, "register": register}
+        register(featvis.ModelSpec(name=f"extra-{version}", load=lambda name: tiny_cnn()))
+
+
+def test_a_hook_implementation_gets_each_argument_by_its_name() -> None:
+    plugins.pm.add_hookspecs(_Evolved)
+    plugin = _EvolvedPlugin()
+    plugins.pm.register(plugin, name="evolved-test")
+    try:
+        found = plugins._collect("register_extras", featvis.ModelSpec, version=2)
+    finally:
+        plugins.pm.unregister(plugin)
+    assert plugin.got["version"] == 2 and callable(plugin.got["register"])
+    assert [spec.name for _, spec in found] == ["extra-2"]
