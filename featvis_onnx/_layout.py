@@ -271,10 +271,19 @@ class Flow:
                     self.axes[image] = (((n, "N"),), ((a, "H"),), ((b, "W"),), ((c, "C"),))
                 else:
                     self.axes[image] = (((n, "N"),), ((a, "C"),), ((b, "H"),), ((c, "W"),))
+            elif dims:  # not an image tensor: its batch first, nothing known of the rest
+                self.axes[image] = (((dims[0], "N"),), *(((d, "?"),) for d in dims[1:]))
+            else:
+                self.axes[image] = UNKNOWN  # type: ignore[assignment]
         for node in g.nodes:
             read = [self._axes_of(name) for name in node.input]
             if all(axes is None for axes in read):
-                continue  # constants, weights, shape computations
+                # constants, weights, shape computations, and what is computed from values
+                # without axes (a quantization scale of the whole batch): no axes either
+                for name in node.output:
+                    if name and any(n in self.axes for n in node.input):
+                        self.axes[name] = None
+                continue
             ins: list[Axes] = [None if a is UNKNOWN else a for a in read]
             outs = [self.g.dims(name) if name else None for name in node.output]
             if all(axes is None for axes in ins):  # read only tensors of unknown rank
@@ -344,7 +353,12 @@ class Flow:
             return [tuple(first[p] for p in perm)]
         if op in ("Squeeze", "Unsqueeze") and first is not None:
             return [self._squeeze(node, first, shape0)]
-        if op in ("Reshape", "Flatten") and first is not None:
+        if op == "Flatten" and first is not None:
+            split = int(attributes(node).get("axis", 1)) % (len(first) + 1)  # type: ignore[call-overload]
+            outer = tuple(f for axis in first[:split] for f in axis) or ((1, "F"),)
+            inner = tuple(f for axis in first[split:] for f in axis) or ((1, "F"),)
+            return [(outer, inner)]
+        if op == "Reshape" and first is not None:
             if op == "Reshape" and (shape0 is None or None in shape0):
                 shape0 = self._reshape_target(node, first) or shape0
             return [self._reshape(first, shape0, node)]
