@@ -130,14 +130,14 @@ class Sessions:
         """The session options featvis uses; see the comments for why each is set."""
         so = ort.SessionOptions()
         # ALL: requested tensors are graph outputs, which ORT never fuses away, so full
-        # optimization is both correct and fastest (lower levels measured slower).
+        # optimization is both correct and fastest (docs/performance.md).
         so.graph_optimization_level = OPTIMIZATION[self.optimization]
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # ORT's workers spin while waiting for work by default; with another busy process on
-        # the machine that made ResNet-50 at batch 1 three times slower (measured), and it
-        # burns CPU between calls. Without spinning a worker sleeps and wakes on work.
+        # ORT's workers spin while waiting for work by default: with another busy process on
+        # the machine they fight it for the cores (docs/performance.md has the slowdown), and
+        # they burn CPU between calls. Without spinning a worker sleeps and wakes on work.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3  # errors only: pruned sub-models trigger harmless warnings
