@@ -47,9 +47,7 @@ def compare(
     Each round times a loop long enough (``min_round_s``) for the clock to be precise; the
     rounds alternate between the two so both see the same machine load.
     """
-    case_s, reference_s, _ = compare_rounds(
-        case, reference, rounds=rounds, min_round_s=min_round_s
-    )
+    case_s, reference_s, _ = compare_rounds(case, reference, rounds=rounds, min_round_s=min_round_s)
     return case_s, reference_s
 
 

@@ -6,7 +6,7 @@ which are channels, which are spatial, and how the tensor becomes NCHW. Backends
 their own way, and the rule is the same for all of them, so the same tensor has the same shape
 on every backend:
 
-- ``featvis_torch`` traces the model at two batch sizes and at two input heights and widths
+- ``featvis_torch`` runs the model with one image and two, and at two image sizes
   (:func:`roles_from_traces`), and falls back to what the modules say where it cannot run
   another size;
 - ``featvis_onnx`` follows every axis through the graph, operator by operator, from the image
@@ -432,8 +432,14 @@ def _split_rest(
     grid = False
     if len(spatial) == 1:
         axis = spatial[0]
+        # Nothing known of it: a token grid only in the transformer's (N, L, C) order, batch
+        # first; a (T, N, C) tensor is a recurrent network's sequence.
+        batch = min(i for i in range(len(roles)) if i not in rest)
         grid = roles[axis] == "L" or (
-            roles[axis] == "?" and bool(channels) and all(c > axis for c in channels)
+            roles[axis] == "?"
+            and batch < axis
+            and bool(channels)
+            and all(c > axis for c in channels)
         )
     return channels, spatial, grid
 
@@ -501,69 +507,90 @@ def _patch_fits(h: int, w: int, height: int, width: int) -> bool:
 
 
 def roles_from_traces(
-    single: Sequence[int],
+    shape: Sequence[int],
     *,
-    pair: Sequence[int] | None = None,
-    taller: Sequence[int] | None = None,
-    wider: Sequence[int] | None = None,
+    image_size: tuple[int, int],
+    resized: Sequence[int] | None = None,
+    resized_image: tuple[int, int] | None = None,
+    widened: Sequence[int] | None = None,
+    one: Sequence[int] | None = None,
+    two: Sequence[int] | None = None,
     batch_major: Sequence[bool | None] | None = None,
 ) -> tuple[Role, ...]:
-    """The roles of a tensor's axes from its shapes in four runs of the model.
+    """The roles of a tensor's axes from its shapes in runs of the model.
 
-    ``single`` is the tensor's shape for one image at the listing size, ``pair`` for two images
-    at that size, ``taller`` and ``wider`` for one image of a greater height, of a greater
-    width. A run that failed (a model that takes one size or one image only) is ``None``.
+    ``shape`` is the tensor's shape for one image of ``image_size``; ``resized`` for one image
+    of ``resized_image``; ``widened``, when ``resized`` failed, for one image of another width
+    only (a model of a fixed height, as an OCR model is); ``one`` and ``two`` for one image and
+    for two copies of it at the same size (either size). A run that failed (a model that takes
+    one size or one image only) is ``None``.
 
-    An axis is ``N`` when its size doubles with the pair and is 1 alone; :class:`Merged` when it
-    doubles from more than 1 (``batch_major`` says per axis how the images are ordered there);
-    ``H``, ``W`` or ``L`` when it grows with the height, the width or both; ``F`` when neither
-    changes it; ``?`` when the runs that would tell failed.
+    An axis is ``N`` when its size doubles from 1 with the second image; :class:`Merged` when
+    it doubles from more than 1 (``batch_major`` says per axis how the images are ordered
+    there); spatial when the image size changes it: ``L`` when it is a token grid of both
+    images (:func:`token_grid`), else ``H``; ``F`` when the image size leaves it; ``?`` when
+    the run that would tell failed; ``X`` when it changes with the batch, but not as a batch.
 
     Examples
     --------
     >>> from featvis._axes import roles_from_traces
-    >>> roles_from_traces((50, 1, 96), pair=(50, 2, 96), taller=(50, 1, 96), wider=(58, 1, 96))
-    ('W', 'N', 'F')
+    >>> roles_from_traces((56, 1, 96), image_size=(224, 224), resized=(28, 1, 96),
+    ...                   resized_image=(112, 112), one=(28, 1, 96), two=(28, 2, 96))
+    ('H', 'N', 'F')
     """
-    rank = len(single)
+    rank = len(shape)
 
     def usable(run: Sequence[int] | None) -> Sequence[int] | None:
         return run if run is not None and len(run) == rank else None
 
-    pair, taller, wider = usable(pair), usable(taller), usable(wider)
+    resized, widened = usable(resized), usable(widened)
+    one, two = usable(one), usable(two)
+    batch = one is not None and two is not None
     roles: list[Role] = []
-    for axis, size in enumerate(single):
-        growth = _growth(
-            size,
-            None if taller is None else taller[axis],
-            None if wider is None else wider[axis],
-        )
-        if pair is None:
+    for axis, size in enumerate(shape):
+        growth = "?"
+        if resized is not None and resized_image is not None:
+            other = resized[axis]
+            if other == size:
+                growth = "F"
+            elif _grids(size, image_size, other, resized_image):
+                growth = "L"
+            else:
+                growth = "H"
+        elif widened is not None:
+            # only the width changed: what stayed may still follow the height
+            growth = "H" if widened[axis] != size else "?"
+        if not batch:
             roles.append("?" if size == 1 else growth)  # a size-1 axis may be the batch
-        elif pair[axis] == 2 * size:
-            if size == 1:
+            continue
+        assert one is not None and two is not None
+        if two[axis] == 2 * one[axis]:
+            if one[axis] == 1:
                 roles.append("N")
             else:
                 major = None if batch_major is None else batch_major[axis]
                 roles.append(Merged(growth, major))
-        elif pair[axis] == size:
+        elif two[axis] == one[axis]:
             roles.append(growth)
         else:
-            roles.append("X")  # changes with the batch, but not as the batch does
+            roles.append("X")  # changes with the batch, but not as a batch does
     return tuple(roles)
 
 
-def _growth(size: int, taller: int | None, wider: int | None) -> str:
-    """``F``, ``H``, ``W``, ``L`` or ``?`` from an axis's size in the taller and wider runs."""
-    if (taller is not None and taller < size) or (wider is not None and wider < size):
-        return "?"  # shrinks as the image grows: follows nothing featvis knows
-    grew_h = None if taller is None else taller > size
-    grew_w = None if wider is None else wider > size
-    if grew_h and grew_w:
-        return "L"
-    if grew_h is None or grew_w is None:
-        return "H" if grew_h else "W" if grew_w else "?"
-    return "H" if grew_h else "W" if grew_w else "F"
+def _grids(size: int, image: tuple[int, int], other: int, other_image: tuple[int, int]) -> bool:
+    """Whether an axis is a token grid of both images, with the same class token and grids
+    that scale with the images (so a sequence that merely has square lengths is not one)."""
+    first, second = token_grid(size, image), token_grid(other, other_image)
+    if first is None or second is None or first[0] != second[0]:
+        return False
+    for grid, grid_other, length, length_other in (
+        (first[1], second[1], image[0], other_image[0]),
+        (first[2], second[2], image[1], other_image[1]),
+    ):
+        expected = grid * length_other / length
+        if not math.floor(expected) - 1 <= grid_other <= math.ceil(expected) + 1:
+            return False
+    return True
 
 
 # -- the convention --------------------------------------------------------------------------

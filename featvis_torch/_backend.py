@@ -73,8 +73,8 @@ class TorchBackend(BackendBase):
     Outputs become ``(N, C, H, W)`` float32 numpy arrays (any dtype and device -> float32 on
     the CPU) by the rule every backend follows, :mod:`featvis._axes`, applied to the output
     itself or the first tensor of a tuple, list or dict output (depth-first). To know each
-    output's axes, listing the layers runs the model four times (one image, two images, a
-    taller and a wider image; see :mod:`featvis_torch._trace`): the axis that follows the batch
+    output's axes, listing the layers runs the model three times (one image, one of another
+    size, two copies of that; see :mod:`featvis_torch._trace`): the axis that follows the batch
     is the batch, wherever it is (an LSTM's ``(T, N, H)``), the axes that follow the image are
     spatial (an NHWC block's H and W, a token sequence), the others are channels. A model that
     runs at one size only falls back to what its modules say (a ``Linear`` or ``LayerNorm``

@@ -1,7 +1,7 @@
 """Listing a model's layers: which leaf modules return a tensor, and where its axes are.
 
-The model runs four times on seeded random input, in eval mode, without gradients (so that
-tensors keep their version counters), with a forward hook on every leaf module:
+The model runs in eval mode, without gradients (so that tensors keep their version counters),
+with a forward hook on every leaf module, on seeded random input:
 
 1. ``single``: one image at the listing size. Every leaf call that returns a tensor is a
    candidate layer, in execution order. This run also notes, by tensor identity, which outputs
@@ -9,18 +9,22 @@ tensors keep their version counters), with a forward hook on every leaf module:
    unchanged: an ``nn.Identity``, an empty ``nn.Sequential``; an in-place ReLU changes the
    counter) and which module received another layer's output of the same shape (an activation
    after a ``Linear`` works on the ``Linear``'s layout).
-2. ``pair``: two copies of that image. The axis whose size doubles is the batch (moved first
-   whatever its position: an LSTM's ``(T, N, H)``); an axis of ``k > 1`` that doubles holds the
-   batch merged with another axis, and comparing the two halves with the interleaved rows says
-   in which order (both images are the same, so the copy of image 0 is found where image 1 is).
-3. ``taller`` and ``wider``: one image, 32 pixels higher, then wider. The axes that grow are
-   spatial (``H``, ``W``, or ``L`` for both: a token sequence); the others are channels.
+2. ``resized``: one image of another size (half the listing size, or 16 pixels more for small
+   images, which keeps this run cheap). The axes whose size changes are spatial (a token
+   sequence when both sizes give a token grid); the others are channels. For the calls this
+   run did not reach (a model of a fixed height, as OCR models are), one image of another width
+   only says which axes follow the width.
+3. ``pair``: two copies of that image, at that size. The axis whose size doubles is the batch
+   (moved first whatever its position: an LSTM's ``(T, N, H)``); an axis of ``k > 1`` rows that
+   doubles holds the batch merged with another axis, and comparing its two halves with its
+   interleaved rows says in which order (both images are the same, so the copy of image 0 is
+   found where image 1 is).
 
-A run that fails (a model that takes one size or one image only) still counts up to the module
-that raised; where a run says nothing, :func:`featvis._axes.place` falls back to what the
-module's type says (:func:`featvis_torch._describe.channel_axis`), to the layout of the layer
-whose output the module received, and to the NCHW convention. The rule itself is
-:mod:`featvis._axes`, shared with every backend.
+A model that runs at one size only fails the second run; the pair then runs at the listing
+size. A run that fails still counts up to the module that raised; where no run says, the
+rule (:func:`featvis._axes.place`) falls back to what the module's type says
+(:func:`featvis_torch._describe.channel_axis`), shared along chains of same-shaped outputs, and
+to the NCHW convention. The rule itself is :mod:`featvis._axes`, shared with every backend.
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ from featvis._axes import Placement, Refusal, place, roles_from_traces
 from featvis_torch._capture import Extraction, first_tensor
 from featvis_torch._describe import channel_axis
 
-__all__ = ["GROWTH", "Call", "Listing", "list_calls"]
+__all__ = ["Call", "Listing", "list_calls", "resized_size"]
 
-#: Pixels added to the height, then the width, to see which axes follow the image.
-GROWTH = 32
+
+def resized_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The image size of the second run: half the listing size, or 16 pixels more for an image
+    under 64 pixels a side (which half would shrink below what small networks take)."""
+    height, width = size
+    if min(height, width) >= 64:
+        return height // 2, width // 2
+    return height + 16, width + 16
+
 
 #: (module, call): one call of one leaf module.
 Key = tuple[nn.Module, int]
@@ -83,9 +94,10 @@ def _input(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> 
 class _Run:
     """A forward hook that records, per leaf call, the shape of its output tensor."""
 
-    def __init__(self, name: str, single: dict[Key, Call] | None) -> None:
+    def __init__(self, name: str, reference: dict[Key, tuple[int, ...]] | None = None) -> None:
         self.name = name
-        self.single = single
+        #: For a pair run: each call's shape with one image at the same size.
+        self.reference = reference
         self.counts: dict[nn.Module, int] = {}
         self.order: list[Key] = []
         self.shapes: dict[Key, tuple[int, ...] | None] = {}
@@ -122,7 +134,7 @@ class _Run:
         self.order.append(key)
         if self.name == "single":
             self._track(key, tensor, first_tensor(args))
-        elif self.name == "pair" and self.single is not None and key in self.single:
+        elif self.reference is not None and key in self.reference:
             self._order_of_merged_batch(key, tensor)
 
     def _track(self, key: Key, tensor: torch.Tensor, source: torch.Tensor | None) -> None:
@@ -142,9 +154,9 @@ class _Run:
     def _order_of_merged_batch(self, key: Key, tensor: torch.Tensor) -> None:
         """For each axis of ``k > 1`` rows that doubled: are image 1's rows the second half
         (batch major), every other row (batch minor), or can it not be told?"""
-        assert self.single is not None
-        single = self.single[key].shape
-        if single is None or len(single) != tensor.dim():
+        assert self.reference is not None
+        single = self.reference[key]
+        if len(single) != tensor.dim():
             return
         flags: list[bool | None] = [None] * tensor.dim()
         for axis, size in enumerate(single):
@@ -166,9 +178,9 @@ def _run(
     x: torch.Tensor,
     name: str,
     lock: Any,
-    single: dict[Key, Call] | None = None,
+    reference: dict[Key, tuple[int, ...]] | None = None,
 ) -> tuple[_Run, BaseException | None]:
-    run = _Run(name, single)
+    run = _Run(name, reference)
     error: BaseException | None = None
     with Extraction(model, lock, grad="no_grad") as extraction:
         extraction.handles.extend(leaf.register_forward_hook(run) for leaf in leaves)
@@ -198,7 +210,6 @@ def list_calls(
     Exception
         Whatever the model raised on the ``single`` run: the caller explains it.
     """
-    height, width = size
     first, error = _run(model, leaves, _input((1, channels, *size), device, dtype), "single", lock)
     if error is not None:
         raise error
@@ -215,24 +226,45 @@ def list_calls(
         for key in first.order
     }
     failed: dict[str, str] = {}
-    one = _input((1, channels, *size), device, dtype)
-    runs = {
-        "pair": one.expand(2, -1, -1, -1).contiguous(),
-        "taller": _input((1, channels, height + GROWTH, width), device, dtype),
-        "wider": _input((1, channels, height, width + GROWTH), device, dtype),
-    }
-    for name, x in runs.items():
-        run, error = _run(model, leaves, x, name, lock, calls)
+    other = resized_size(size)
+    one = _input((1, channels, *other), device, dtype)
+    resized, error = _run(model, leaves, one, "resized", lock)
+    if error is not None:
+        failed["resized"] = f"{type(error).__name__}: {error}"
+    shapes = {key: shape for key, shape in resized.shapes.items() if shape is not None}
+    pair, error = _run(model, leaves, one.expand(2, -1, -1, -1).contiguous(), "pair", lock, shapes)
+    if error is not None:
+        failed["pair"] = f"{type(error).__name__}: {error}"
+    for key, call in calls.items():
+        if key in shapes:
+            call.shapes["resized"] = shapes[key]
+        if key in shapes and pair.shapes.get(key) is not None:
+            call.shapes["one"], call.shapes["two"] = shapes[key], pair.shapes[key]  # type: ignore[assignment]
+            call.batch_major = pair.batch_major.get(key)
+    lost = [key for key, call in calls.items() if call.shape and "resized" not in call.shapes]
+    if lost:  # a model of a fixed height (an OCR model): another width only
+        width = size[1] // 2 if size[1] >= 64 else size[1] + 16
+        x = _input((1, channels, size[0], width), device, dtype)
+        widened, error = _run(model, leaves, x, "widened", lock)
         if error is not None:
-            failed[name] = f"{type(error).__name__}: {error}"
-        for key, call in calls.items():
-            shape = run.shapes.get(key)
-            if shape is not None:
-                call.shapes[name] = shape
-            if name == "pair" and key in run.batch_major:
-                call.batch_major = run.batch_major[key]
+            failed["widened"] = f"{type(error).__name__}: {error}"
+        for key in lost:
+            if widened.shapes.get(key) is not None:
+                calls[key].shapes["widened"] = widened.shapes[key]  # type: ignore[assignment]
+    unknown = [key for key, call in calls.items() if call.shape and "two" not in call.shapes]
+    if unknown:  # a model that runs at its own size only: the pair at that size
+        listed = {key: call.shape for key, call in calls.items() if call.shape is not None}
+        x = _input((1, channels, *size), device, dtype).expand(2, -1, -1, -1).contiguous()
+        pair, error = _run(model, leaves, x, "pair at the listing size", lock, listed)
+        if error is not None:
+            failed["pair at the listing size"] = f"{type(error).__name__}: {error}"
+        for key in unknown:
+            call = calls[key]
+            if pair.shapes.get(key) is not None and call.shape is not None:
+                call.shapes["one"], call.shapes["two"] = call.shape, pair.shapes[key]  # type: ignore[assignment]
+                call.batch_major = pair.batch_major.get(key)
     ordered = [calls[key] for key in first.order]
-    _place_all(ordered, calls, size)
+    _place_all(ordered, calls, size, other)
     return Listing(ordered, dict(first.counts), failed)
 
 
@@ -265,16 +297,21 @@ def _hints(ordered: list[Call], calls: dict[Key, Call]) -> dict[int, int | None]
     }
 
 
-def _place_all(ordered: list[Call], calls: dict[Key, Call], size: tuple[int, int]) -> None:
+def _place_all(
+    ordered: list[Call], calls: dict[Key, Call], size: tuple[int, int], other: tuple[int, int]
+) -> None:
     hints = _hints(ordered, calls)
     for call in ordered:
         if call.shape is None:
             continue
         roles = roles_from_traces(
             call.shape,
-            pair=call.shapes.get("pair"),
-            taller=call.shapes.get("taller"),
-            wider=call.shapes.get("wider"),
+            image_size=size,
+            resized=call.shapes.get("resized"),
+            resized_image=other,
+            widened=call.shapes.get("widened"),
+            one=call.shapes.get("one"),
+            two=call.shapes.get("two"),
             batch_major=call.batch_major,
         )
         call.placement = place(

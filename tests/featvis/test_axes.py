@@ -115,25 +115,45 @@ def test_unknown_roles_take_the_models_word_then_the_convention() -> None:
 
 
 def test_roles_come_from_how_sizes_follow_the_batch_and_the_image() -> None:
-    def roles(single: tuple, **runs: tuple) -> tuple:
-        return roles_from_traces(single, **runs)  # type: ignore[arg-type]
+    big, small = (64, 64), (32, 32)
 
-    conv = roles((1, 8, 16, 16), pair=(2, 8, 16, 16), taller=(1, 8, 20, 16), wider=(1, 8, 16, 20))
-    assert conv == ("N", "F", "H", "W")
-    lstm = roles((9, 1, 6), pair=(9, 2, 6), taller=(9, 1, 6), wider=(11, 1, 6))
-    assert lstm == ("W", "N", "F")
-    tokens = roles((1, 17, 6), pair=(2, 17, 6), taller=(1, 21, 6), wider=(1, 21, 6))
-    assert tokens == ("N", "L", "F")
-    merged = roles((4, 9, 6), pair=(8, 9, 6), taller=(4, 12, 6), wider=(4, 12, 6),
-                   batch_major=[True, None, None])  # fmt: skip
+    def roles(shape: tuple, resized: tuple | None, two: tuple | None, **more: object) -> tuple:
+        return roles_from_traces(
+            shape, image_size=big, resized=resized, resized_image=small, one=resized, two=two,
+            **more,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    assert roles((1, 8, 16, 16), (1, 8, 8, 8), (2, 8, 8, 8)) == ("N", "F", "H", "H")
+    assert roles((16, 1, 6), (8, 1, 6), (8, 2, 6)) == ("H", "N", "F")  # an LSTM's (T, N, H)
+    assert roles((1, 17, 6), (1, 5, 6), (2, 5, 6)) == ("N", "L", "F")  # 4x4 + 1 -> 2x2 + 1
+    merged = roles((4, 16, 6), (4, 4, 6), (8, 4, 6), batch_major=[True, None, None])
     assert merged == (Merged("F", True), "L", "F")
-    fixed_size = roles((1, 17, 6), pair=(2, 17, 6))  # the model runs at one size only
+    assert roles((1, 16, 6), (1, 8, 6), (2, 8, 6)) == ("N", "H", "F")  # 16 then 8: no grid
+    fixed_size = roles_from_traces(
+        (1, 17, 6), image_size=big, one=(1, 17, 6), two=(2, 17, 6)
+    )  # the model runs at one size only
     assert fixed_size == ("N", "?", "?")
-    one_image = roles((1, 8, 4, 4), taller=(1, 8, 5, 4), wider=(1, 8, 4, 5))
-    assert one_image == ("?", "F", "H", "W")  # the batch is then only the convention
+    one_image = roles_from_traces((1, 8, 4, 4), image_size=big, resized=(1, 8, 2, 2),
+                                  resized_image=small)  # fmt: skip
+    assert one_image == ("?", "F", "H", "H")  # the batch is then only the convention
 
 
 def test_as_nchw_is_the_convention() -> None:
     assert featvis.as_nchw(np.zeros(3)).shape == (3, 1, 1, 1)
     assert featvis.as_nchw(np.zeros((2, 5, 7))).shape == (2, 5, 1, 7)
     assert featvis.as_nchw(np.zeros((2, 5, 3, 4, 6))).shape == (2, 5, 12, 6)
+
+
+def test_a_sequence_first_tensor_of_unknown_axes_is_a_sequence_not_a_grid() -> None:
+    # 16 steps would be a 4x4 grid of an 8x8 image, but (T, N, C) is an RNN's order
+    lstm = placed((16, 1, 6), ("?", "N", "?"), channel_axis=-1, image_size=(8, 8))
+    assert lstm.shape((16, 1, 6)) == (1, 6, 1, 16) and not lstm.grid
+    vit = placed((1, 16, 6), ("N", "?", "?"), channel_axis=-1, image_size=(8, 8))
+    assert vit.shape((1, 16, 6)) == (1, 6, 4, 4) and vit.grid
+
+
+def test_a_model_of_fixed_height_is_read_from_another_width() -> None:
+    roles = roles_from_traces(
+        (16, 1, 6), image_size=(8, 32), widened=(8, 1, 6), one=(16, 1, 6), two=(16, 2, 6)
+    )
+    assert roles == ("H", "N", "?")  # the sequence follows the width; the rest: the model's word
