@@ -47,6 +47,19 @@ def compare(
     Each round times a loop long enough (``min_round_s``) for the clock to be precise; the
     rounds alternate between the two so both see the same machine load.
     """
+    case_s, reference_s, _ = compare_rounds(case, reference, rounds=rounds, min_round_s=min_round_s)
+    return case_s, reference_s
+
+
+def compare_rounds(
+    case: Callable[[], object],
+    reference: Callable[[], object],
+    *,
+    rounds: int = 15,
+    min_round_s: float = 0.02,
+) -> tuple[float, float, list[float]]:
+    """:func:`compare`, and the ratio of each round (case over the reference timed right after
+    it): their spread says how far one run's median ratio can be trusted."""
     case(), reference()  # warm up caches, lazy imports, allocator pools
     loops = 1
     while True:
@@ -69,7 +82,19 @@ def compare(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return statistics.median(case_times), statistics.median(reference_times)
+    ratios = [c / r for c, r in zip(case_times, reference_times)]
+    return statistics.median(case_times), statistics.median(reference_times), ratios
+
+
+def spread(ratios: list[float]) -> str:
+    """``"1.05x per round: 1.01-1.09 (p10-p90 of 135)"``, for a row's notes."""
+    ordered = sorted(ratios)
+    low = ordered[len(ordered) // 10]
+    high = ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]
+    return (
+        f"{statistics.median(ordered):.2f}x per round: {low:.2f}-{high:.2f} "
+        f"(p10-p90 of {len(ordered)})"
+    )
 
 
 def median_alone(fn: Callable[[], object], rounds: int) -> float:

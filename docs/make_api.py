@@ -72,8 +72,9 @@ GROUPS = {
         "MissingDependencyError",
         "PluginError",
         "FeatvisPluginWarning",
+        "LayerWarning",
     ],
-    "Helpers for backends": ["as_nchw", "LayerKey"],
+    "Helpers for backends": ["Activations", "as_nchw", "LayerKey"],
 }
 
 

@@ -21,7 +21,7 @@ index  name        alias  type           output    params  description
 (48, 128)
 """
 
-from featvis._backend import Backend, BackendBase, LayerKey, as_nchw
+from featvis._backend import Activations, Backend, BackendBase, LayerKey, as_nchw
 from featvis._capabilities import (
     Differentiable,
     Gradients,
@@ -38,6 +38,7 @@ from featvis._errors import (
     CapabilityError,
     FeatvisError,
     ImageError,
+    LayerWarning,
     LayoutError,
     MissingDependencyError,
     ModelError,
@@ -79,6 +80,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
+    "Activations",
     "AmbiguousLayerError",
     "ArgumentError",
     "Backend",
@@ -96,6 +98,7 @@ __all__ = [
     "Layer",
     "LayerKey",
     "LayerTable",
+    "LayerWarning",
     "LayoutError",
     "MissingDependencyError",
     "ModelError",

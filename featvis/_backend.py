@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
 
-from featvis._errors import ArgumentError
+from featvis._axes import as_nchw
+from featvis._errors import ArgumentError, FeatvisError, LayerWarning, LayoutError
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer, LayerIndex
 
-__all__ = ["Backend", "BackendBase", "LayerKey", "as_nchw"]
+__all__ = ["Activations", "Backend", "BackendBase", "LayerKey", "as_nchw"]
 
 #: A layer is named by its backend-native name, its alias, its index in the layer table (an
 #: ``int``), or the :class:`Layer` itself.
@@ -72,39 +74,56 @@ class Backend(Protocol):
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Activations of ``layers`` for ``images``.
 
-        One layer gives one ``(N, C, H, W)`` float32 array; a list of layers gives a dict keyed
-        by the names as given, in the order asked. A non-spatial output of shape ``(N, C)`` comes
-        back as ``(N, C, 1, 1)``.
+        One layer gives one ``(N, C, H, W)`` float32 array, image ``i`` of the batch first
+        along N; a list of layers gives a dict keyed by the names as given, in the order asked.
+        Every backend makes its tensors NCHW by the one rule of :mod:`featvis._axes` (the
+        batch axis first wherever the model keeps it, NHWC and token tensors with their
+        channels on C, ``(N, C)`` as ``(N, C, 1, 1)``), so the same tensor has the same shape
+        on every backend, and image ``i`` of a batch equals image ``i`` alone.
+
+        **Partial results.** A layer that cannot be returned (its axes cannot be placed:
+        :attr:`Layer.unavailable`; or its output at run time breaks what was listed) never
+        aborts the others. Asked alone, it raises a :class:`featvis.FeatvisError` (usually
+        :class:`featvis.LayoutError`) that names the layer and says why. In a list, the result
+        is an :class:`Activations` dict without it, whose ``missing`` maps its name to that
+        error (asking the dict for it raises the error), and a :class:`featvis.LayerWarning`
+        names it. Only when no layer of the list can be returned is the first error raised.
         """
         ...
 
 
-def as_nchw(array: np.ndarray) -> np.ndarray:
-    """Give an output with a leading batch dimension the NCHW shape featvis works in.
+class Activations(dict[Any, np.ndarray]):
+    """What ``activations(images, [layers...])`` returns: a dict from each name as given to its
+    ``(N, C, H, W)`` array, in the order asked, and the layers that could not be returned.
 
-    The rule: ``(N,)`` becomes ``(N, 1, 1, 1)``; ``(N, C)`` becomes ``(N, C, 1, 1)`` (as MATLAB's
-    ``'OutputAs','channels'``); ``(N, C, L)`` becomes ``(N, C, 1, L)``; ``(N, C, H, W)`` stays;
-    more than four dimensions fold the extra ones into H: ``(N, C, D, H, W)`` becomes
-    ``(N, C, D*H, W)``. The result is C-contiguous float32 (a copy only when needed).
+    A layer whose axes featvis cannot place (see :attr:`Layer.unavailable`), or whose output at
+    run time breaks what was listed, does not abort the others: it is left out of the dict,
+    named in :attr:`missing` with the error that says why, and a :class:`featvis.LayerWarning`
+    names it. Asking the dict for it raises that error (a :class:`featvis.FeatvisError`).
 
     Examples
     --------
     >>> import numpy as np
-    >>> from featvis import as_nchw
-    >>> as_nchw(np.zeros((2, 10))).shape
-    (2, 10, 1, 1)
+    >>> from featvis.testing import tiny_cnn
+    >>> acts = tiny_cnn().activations(np.zeros((32, 32, 3), np.uint8), ["conv1", "relu1"])
+    >>> list(acts), acts["conv1"].shape, acts.missing
+    (['conv1', 'relu1'], (1, 8, 32, 32), {})
     """
-    if array.ndim == 0:
-        raise ArgumentError("A layer output needs a batch dimension; got a scalar.")
-    if array.ndim == 1:
-        array = array[:, None, None, None]
-    elif array.ndim == 2:
-        array = array[:, :, None, None]
-    elif array.ndim == 3:
-        array = array[:, :, None, :]
-    elif array.ndim > 4:
-        array = array.reshape(*array.shape[:2], -1, array.shape[-1])
-    return np.ascontiguousarray(array, dtype=np.float32)
+
+    def __init__(
+        self,
+        arrays: Iterable[tuple[Any, np.ndarray]] = (),
+        missing: Mapping[Any, FeatvisError] | None = None,
+    ) -> None:
+        super().__init__(arrays)
+        #: Name (or index) as given -> the error that kept the layer out.
+        self.missing: dict[Any, FeatvisError] = dict(missing or {})
+
+    def __missing__(self, key: Any) -> np.ndarray:
+        error = self.missing.get(key)
+        if error is not None:
+            raise error
+        raise KeyError(key)
 
 
 class BackendBase(ABC):
@@ -174,11 +193,15 @@ class BackendBase(ABC):
         """The model's layers, numbered by :func:`featvis.number_layers`. Called once."""
 
     @abstractmethod
-    def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray]:
+    def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray | FeatvisError]:
         """Run one batch and return the outputs of ``layers`` (distinct), in that order.
 
         Each output must be an ``(N, C, H, W)`` float32 array that the caller may keep: a copy
-        the model will not overwrite. :func:`as_nchw` applies the shared shape rule.
+        the model will not overwrite. :mod:`featvis._axes` has the shared shape rule
+        (:func:`as_nchw` for a tensor whose axes nothing tells). A layer that cannot be
+        returned for this batch is a :class:`FeatvisError` in its place, naming the layer: the
+        other layers are returned all the same (see :meth:`activations`). Layers listed with
+        :attr:`Layer.unavailable` are never passed here.
         """
 
     def _prepare(self, images: Any) -> Any:
@@ -197,8 +220,14 @@ class BackendBase(ABC):
 
     def _layer_index(self) -> LayerIndex:
         if self._index is None:
-            self._index = LayerIndex(self._list_layers())
+            self._index = LayerIndex(self._list_layers(), self._why_not_a_layer)
         return self._index
+
+    def _why_not_a_layer(self, name: str) -> str | None:
+        """Why ``name``, which the model has, is not a layer (a weight, a tensor without a
+        batch axis...), for the error that says so; ``None`` when the model has no such
+        thing. Subclasses that know override it."""
+        return None
 
     @overload
     def activations(  # type: ignore[overload-overlap]  # a str is also a Sequence
@@ -218,7 +247,7 @@ class BackendBase(ABC):
         *,
         batch_size: int | None = ...,
         progress: bool | None = ...,
-    ) -> dict[str, np.ndarray]: ...
+    ) -> Activations: ...
 
     def activations(
         self,
@@ -227,7 +256,7 @@ class BackendBase(ABC):
         *,
         batch_size: int | None = None,
         progress: bool | None = None,
-    ) -> np.ndarray | dict[str, np.ndarray]:
+    ) -> np.ndarray | Activations:
         """Activations of one or more layers for one or more images.
 
         Parameters
@@ -246,14 +275,18 @@ class BackendBase(ABC):
 
         Returns
         -------
-        ndarray, shape (N, C, H, W), float32, or dict of str to ndarray
-            One array for one layer. For a sequence, a dict keyed by the names as given, in the
-            order given (a layer asked twice, by name and by alias, appears under both keys).
+        ndarray, shape (N, C, H, W), float32, or Activations
+            One array for one layer. For a sequence, an :class:`Activations` dict keyed by the
+            names as given, in the order given (a layer asked twice, by name and by alias,
+            appears under both keys); a layer that could not be returned is left out and named
+            in its ``missing``, with a :class:`featvis.LayerWarning` (see :class:`Backend`).
 
         Raises
         ------
         UnknownLayerError
             Before any work is done, for a name that is not a layer.
+        LayoutError
+            For one layer that cannot be returned (or a list none of which can), naming it.
         ImageError
             For an image that cannot be read.
         """
@@ -263,43 +296,84 @@ class BackendBase(ABC):
         size = batch_size or DEFAULT_BATCH_SIZE
         if isinstance(layers, (str, int, np.integer, Layer)):  # one layer: the common case
             layer = index.resolve(layers)
-            return self._run_batches(self._prepare(images), [layer], size, progress)[0]
+            if layer.unavailable is not None:
+                raise _unavailable(layer)
+            out = self._run_batches(self._prepare(images), [layer], size, progress)[0]
+            if isinstance(out, FeatvisError):
+                raise out
+            return out
         keys = list(layers)
         if not keys:
             raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
         resolved = [index.resolve(key) for key in keys]
         distinct = list({layer.name: layer for layer in resolved}.values())
-
-        outputs = self._run_batches(self._prepare(images), distinct, size, progress)
-
-        by_name = dict(zip((layer.name for layer in distinct), outputs))
-        result: dict[Any, np.ndarray] = {}  # an int key stays the int it was
+        runnable = [layer for layer in distinct if layer.unavailable is None]
+        failed: dict[str, FeatvisError] = {
+            layer.name: _unavailable(layer) for layer in distinct if layer.unavailable is not None
+        }
+        if runnable:
+            outputs = self._run_batches(self._prepare(images), runnable, size, progress)
+            for layer, out in zip(runnable, outputs):
+                if isinstance(out, FeatvisError):
+                    failed[layer.name] = out
+        else:
+            outputs = []
+        by_name = dict(zip((layer.name for layer in runnable), outputs))
+        result = Activations()  # an int key stays the int it was
         for key, layer in zip(keys, resolved):
-            result[key.name if isinstance(key, Layer) else key] = by_name[layer.name]
+            shown = key.name if isinstance(key, Layer) else key
+            if layer.name in failed:
+                result.missing[shown] = failed[layer.name]
+            else:
+                result[shown] = by_name[layer.name]  # type: ignore[assignment]
+        if result.missing:
+            if not result:
+                raise next(iter(result.missing.values()))
+            listed = "; ".join(f"{name!r}: {error}" for name, error in result.missing.items())
+            warnings.warn(
+                f"{len(result.missing)} of the {len(keys)} layers asked for could not be "
+                f"returned (the others were): {listed}",
+                LayerWarning,
+                stacklevel=2,
+            )
         return result
 
     def _run_batches(
         self, batch: Any, layers: list[Layer], batch_size: int, progress: bool | None
-    ) -> list[np.ndarray]:
+    ) -> list[np.ndarray | FeatvisError]:
         total = len(batch)
         if total <= batch_size:
             return self._checked_run(batch, layers, total)
         bar = _progress_bar(total, progress)
-        results: list[np.ndarray] = []
+        results: list[np.ndarray | FeatvisError | None] = [None] * len(layers)
         try:
             for start in range(0, total, batch_size):
                 part = batch[start : start + batch_size]
-                outs = self._checked_run(part, layers, min(batch_size, total - start))
-                if not results:
-                    results = [np.empty((total, *out.shape[1:]), np.float32) for out in outs]
-                for full, out in zip(results, outs):
-                    full[start : start + len(out)] = out
+                count = min(batch_size, total - start)
+                pending = [i for i, r in enumerate(results) if not isinstance(r, FeatvisError)]
+                outs = self._checked_run(part, [layers[i] for i in pending], count)
+                for i, out in zip(pending, outs):
+                    if isinstance(out, FeatvisError):
+                        results[i] = out  # this layer is out: the others carry on
+                        continue
+                    full = results[i]
+                    if full is None:
+                        full = results[i] = np.empty((total, *out.shape[1:]), np.float32)
+                    assert isinstance(full, np.ndarray)
+                    if full.shape[1:] != out.shape[1:]:
+                        results[i] = LayoutError(
+                            f"Layer {layers[i].name!r} gave shape {out.shape[1:]} for images "
+                            f"{start}-{start + count - 1} but {full.shape[1:]} before: its "
+                            "output depends on the images. Ask for it one batch at a time."
+                        )
+                        continue
+                    full[start : start + count] = out
                 if bar is not None:
-                    bar.update(len(outs[0]))
+                    bar.update(count)
         finally:
             if bar is not None:
                 bar.close()
-        return results
+        return results  # type: ignore[return-value]
 
     def _batched(
         self,
@@ -330,9 +404,12 @@ class BackendBase(ABC):
                 bar.close()
         return np.concatenate(parts)
 
-    def _checked_run(self, batch: Any, layers: list[Layer], size: int) -> list[np.ndarray]:
-        """:meth:`_run`, with its promise checked: ``(size, C, H, W)`` float32 arrays, one per
-        layer (a backend's bug would otherwise show up later as a wrong picture)."""
+    def _checked_run(
+        self, batch: Any, layers: list[Layer], size: int
+    ) -> list[np.ndarray | FeatvisError]:
+        """:meth:`_run`, with its promise checked: ``(size, C, H, W)`` float32 arrays (or a
+        :class:`FeatvisError` per layer that cannot be returned), one per layer (a backend's
+        bug would otherwise show up later as a wrong picture)."""
         outputs = self._run(batch, layers)
         if len(outputs) != len(layers):
             raise RuntimeError(
@@ -340,6 +417,8 @@ class BackendBase(ABC):
                 "layers (a bug in the backend)."
             )
         for layer, out in zip(layers, outputs):
+            if isinstance(out, FeatvisError):
+                continue
             if not (
                 isinstance(out, np.ndarray)
                 and out.ndim == 4
@@ -357,6 +436,13 @@ class BackendBase(ABC):
     def __repr__(self) -> str:
         count = f"{len(self._index)} layers" if self._index is not None else "layers not listed yet"
         return f"<{type(self).__name__} {self.name!r}: {count}>"
+
+
+def _unavailable(layer: Layer) -> LayoutError:
+    return LayoutError(
+        f"Layer {layer.name!r} ({layer.alias}) cannot be returned: {layer.unavailable}. "
+        "featvis refuses rather than guess which axis is which (the rule is in featvis._axes)."
+    )
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:

@@ -15,6 +15,9 @@ Every one derives from :class:`FeatvisError`, and also from the builtin that fit
     ├── MissingDependencyError(ImportError) a backend's framework is not installed
     └── PluginError(RuntimeError)         a plugin failed to load (strict mode only)
 
+and one warning, :class:`LayerWarning` (a ``UserWarning``), when some of the layers asked for in
+one call could not be returned (the others are).
+
 Bugs in featvis itself, or in a plugin, surface as ordinary exceptions, so catching
 ``FeatvisError`` never hides them.
 """
@@ -28,6 +31,7 @@ __all__ = [
     "CapabilityError",
     "FeatvisError",
     "ImageError",
+    "LayerWarning",
     "LayoutError",
     "MissingDependencyError",
     "ModelError",
@@ -54,6 +58,14 @@ class ModelError(FeatvisError, ValueError):
 
 class LayoutError(FeatvisError, ValueError):
     """A tensor's layout could not be turned into NCHW without guessing."""
+
+
+class LayerWarning(UserWarning):
+    """Some of the layers asked for in one call could not be returned; the rest were.
+
+    The result (:class:`featvis.Activations`) names them in ``missing``, and asking it for one
+    raises the error that says why.
+    """
 
 
 class UnknownLayerError(FeatvisError, KeyError):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import html
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 
 from featvis._errors import AmbiguousLayerError, ArgumentError, UnknownLayerError
+from featvis._table import Table
 
 __all__ = [
     "CALL_SEPARATOR",
@@ -85,6 +85,20 @@ class Layer:
         Position in execution order, from 0.
     alias : str
         Canonical MATLAB-style name: the kind and a per-kind counter (``conv1``, ``relu5``...).
+    layout : str
+        How featvis reads the native tensor, one letter per axis: ``N`` the batch, ``C`` a
+        channel axis, ``H`` and ``W`` spatial, ``L`` a sequence or token grid (``"NCHW"``,
+        ``"NHWC"``, ``"LNC"`` for an LSTM's ``(T, N, H)``; see :mod:`featvis._axes`). Empty
+        when the backend does not say.
+    unavailable : str or None
+        Why featvis cannot return this layer's activations (its axes cannot be placed), or
+        ``None``. Asking for it raises :class:`featvis.LayoutError` with this reason.
+    same_as : str or None
+        The name of an earlier layer whose output this layer returns unchanged, the very same
+        tensor (an ``nn.Identity``, an empty ``nn.Sequential``, a dropout in eval mode).
+    fused : tuple of str
+        Module paths an exporter fused into this layer, as the export records it (a BatchNorm
+        folded into the convolution before it): the layer's value is the last one's output.
     """
 
     name: str
@@ -96,6 +110,10 @@ class Layer:
     source: str | None = None
     index: int = -1
     alias: str = ""
+    layout: str = ""
+    unavailable: str | None = None
+    same_as: str | None = None
+    fused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -145,10 +163,17 @@ def number_layers(layers: Iterable[Layer]) -> list[Layer]:
 
 class LayerIndex:
     """Finds a layer by its name, its alias or its index, with errors that suggest the closest
-    names."""
+    names.
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    ``why_not(name)``, when given, explains a name that is no layer but something the model
+    has (a weight, a tensor without a batch axis): its sentence replaces the suggestions.
+    """
+
+    def __init__(
+        self, layers: Sequence[Layer], why_not: Callable[[str], str | None] | None = None
+    ) -> None:
         self.layers = list(layers)
+        self._why_not = why_not
         self._by_key: dict[str, Layer] = {}
         for layer in self.layers:
             self._by_key[layer.name] = layer
@@ -189,6 +214,12 @@ class LayerIndex:
             )
         if key.isdecimal():  # "--layer 0" on the command line: the table's index column
             return self._at(int(key))
+        reason = self._why_not(key) if self._why_not is not None else None
+        if reason is not None:
+            raise UnknownLayerError(
+                f"{reason} (The layers: featvis.layer_table(backend) in Python, "
+                "`featvis layers MODEL` in a shell.)"
+            )
         raise UnknownLayerError(self._unknown_message(key))
 
     def _at(self, index: int) -> Layer:
@@ -224,25 +255,6 @@ def _called(layer: Layer, key: str) -> str:
     """``'conv5' (features.10)``: a suggested key with the layer's other name."""
     other = layer.name if key == layer.alias else layer.alias
     return f"{key!r} ({other})" if other and other != key else repr(key)
-
-
-def text_table(
-    columns: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
-) -> str:
-    """Columns padded to their widest cell, a rule under the header; ``right``: the indices of
-    the columns aligned right (numbers)."""
-    table = [columns, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = []
-    for n, row in enumerate(table):
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _format_shape(shape: tuple[int | None, ...] | None) -> str:
@@ -304,22 +316,17 @@ class LayerTable(Sequence[Layer]):
             for layer in self.layers
         ]
 
-    def __str__(self) -> str:
+    def _table(self) -> Table:
         right = {self.columns.index("index"), self.columns.index("params")}  # numbers
-        return text_table(self.columns, self.rows(), right)
+        return Table(self.columns, self.rows(), right, css="featvis-layers")
+
+    def __str__(self) -> str:
+        return self._table().text()
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-            for row in self.rows()
-        )
-        return (
-            '<table class="featvis-layers"><thead><tr>'
-            f"{head}</tr></thead><tbody>{body}</tbody></table>"
-        )
+        return self._table().html()
 
 
 def layer_table(backend_or_layers: object) -> LayerTable:

@@ -258,10 +258,13 @@ def load_plugins() -> None:
                 _plugin_failed(f"{_describe(ep)} failed to load: {type(exc).__name__}: {exc}", exc)
 
 
-def _collect(hook_name: str, kind: type) -> list[Any]:
+def _collect(hook_name: str, kind: type, **arguments: Any) -> list[Any]:
     """Call one registration hook on every plugin, each in isolation, keeping what they give.
 
-    A plugin that raises is reported and skipped, so one broken plugin cannot hide the rest.
+    Each implementation gets, by name, the arguments it asks for: ``register`` and any others
+    the hook has (``arguments``; a hook evolves by gaining arguments, and an implementation
+    may take any subset). A plugin that raises, or asks for an argument the hook does not have,
+    is reported and skipped, so one broken plugin cannot hide the rest.
     """
     load_plugins()
     collected: list[Any] = []
@@ -276,8 +279,15 @@ def _collect(hook_name: str, kind: type) -> list[Any]:
                 )
             _found.append(spec)
 
+        given = {**arguments, "register": register}
         try:
-            impl.function(**dict.fromkeys(impl.argnames, register))
+            unknown = [name for name in impl.argnames if name not in given]
+            if unknown:
+                raise TypeError(
+                    f"it asks for {', '.join(map(repr, unknown))}, which {hook_name} does not "
+                    f"pass (it passes {', '.join(map(repr, sorted(given)))})"
+                )
+            impl.function(**{name: given[name] for name in impl.argnames})
         except Exception as exc:  # a broken plugin must not break the others
             _plugin_failed(
                 f"featvis plugin {plugin_name!r} failed in {hook_name}: "

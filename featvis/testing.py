@@ -31,7 +31,7 @@ import numpy as np
 
 from featvis._backend import BackendBase, as_nchw
 from featvis._capabilities import ScoreKind, as_scores
-from featvis._errors import ArgumentError, UnknownLayerError
+from featvis._errors import ArgumentError, FeatvisError, UnknownLayerError
 from featvis._images import Preprocess
 from featvis._layers import KINDS, Layer, number_layers
 
@@ -130,7 +130,7 @@ class ArrayBackend(BackendBase):
             )
         return number_layers(layers)
 
-    def _run(self, batch: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
+    def _run(self, batch: np.ndarray, layers: list[Layer]) -> list[np.ndarray | FeatvisError]:
         wanted = {layer.name for layer in layers}
         captured: dict[str, np.ndarray] = {}
         x = batch
@@ -317,6 +317,36 @@ class BackendContract:
             np.testing.assert_allclose(
                 backend.activations(images, name), together[name], rtol=1e-5, atol=1e-6
             )
+
+    def test_image_i_of_a_batch_equals_image_i_alone(self, backend: Any, images: Any) -> None:
+        # Every layer: a backend that takes the wrong axis for the batch (an LSTM's (T, N, H)
+        # read as (N, T, H)) hands image 0 the time steps of every image, which this catches.
+        names = [layer.name for layer in backend.layers() if layer.unavailable is None]
+        together = backend.activations(images, names)
+        for i, image in enumerate(images):
+            alone = backend.activations(image, names)
+            for name in names:
+                a, b = together[name][i], alone[name][0]
+                assert a.shape == b.shape, (name, i, a.shape, b.shape)
+                # float32 kernels may sum in another order for another batch size
+                peak = float(np.abs(b[np.isfinite(b)]).max(initial=0.0))  # -inf masks too
+                tolerance = 1e-4 * peak + 1e-6
+                np.testing.assert_allclose(
+                    a, b, rtol=0, atol=tolerance, err_msg=f"layer {name!r}, image {i}"
+                )
+
+    def test_a_layer_that_cannot_be_placed_is_refused_by_name(
+        self, backend: Any, images: Any
+    ) -> None:
+        import pytest
+
+        from featvis._errors import FeatvisError
+
+        for layer in backend.layers():
+            if layer.unavailable is None:
+                continue
+            with pytest.raises(FeatvisError, match=repr(layer.name)):
+                backend.activations(images, layer.name)
 
     def test_batch_size_does_not_change_results(self, backend: Any, images: Any) -> None:
         name = backend.layers()[0].name

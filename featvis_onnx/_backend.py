@@ -11,25 +11,27 @@ import onnx
 import onnxruntime as ort
 
 from featvis import (
-    AmbiguousLayerError,
     ArgumentError,
     BackendBase,
+    FeatvisError,
     Layer,
+    LayoutError,
     ModelError,
     Preprocess,
-    UnknownLayerError,
     number_layers,
     prepare_images,
 )
+from featvis._axes import Placement, Refusal, place
 from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import LayerIndex
 from featvis_onnx._describe import describe, kind_of, param_count
 from featvis_onnx._graph import FLOAT_TYPES, GraphInfo
 from featvis_onnx._inputs import InputSpec, ModelInputs
-from featvis_onnx._layout import NHWC, Quantization, TensorPlan, layouts, plan, quantizations
+from featvis_onnx._layout import UNKNOWN, axis_roles
 from featvis_onnx._model import read_model
+from featvis_onnx._quant import Quantization, quantizations
 from featvis_onnx._session import OPTIMIZATION, Sessions, available_cpus, check_providers
-from featvis_onnx._source import module_sources
+from featvis_onnx._source import fused_modules, module_sources
 
 __all__ = ["OnnxBackend"]
 
@@ -125,7 +127,8 @@ class OnnxBackend(BackendBase):
             optimization=optimization,
             threads=threads or available_cpus(),
         )
-        self._plans: dict[str, TensorPlan] = {}
+        self._plans: dict[str, _Conversion] = {}
+        self._not_layers: dict[str, str] = {}
         proto = self._loaded.proto
         self.provenance.update(
             model=self._loaded.origin,
@@ -176,9 +179,13 @@ class OnnxBackend(BackendBase):
     def _list_layers(self) -> list[Layer]:
         g = self._graph
         sources = module_sources(g)
+        fused = fused_modules(g)
         quant = quantizations(g)
-        found = layouts(g, self._inputs.image.name, self._inputs.image.layout)
-        mixed = NHWC in found.values()
+        image = self._inputs.image
+        batch = image.shape[0] if image.shape else None
+        roles = axis_roles(g, image.name, image.layout or "NCHW", batch)
+        size = self.preprocess.size
+        fixed_batch = self._inputs.batch
         layers: list[Layer] = []
         for i, node in enumerate(g.nodes):
             if not g.dynamic_reads(i):
@@ -187,17 +194,41 @@ class OnnxBackend(BackendBase):
             for name in node.output:
                 if not self._is_activation(name, node, quant):
                     continue
-                tensor_plan = plan(name, g, found, quant, mixed)
-                self._plans[name] = tensor_plan
+                found = roles.get(name, UNKNOWN)
+                dims = g.shape(name)
+                placement: Placement | Refusal | None
+                if found is None:
+                    placement = Refusal("nothing in it follows the image input", layer=False)
+                elif isinstance(found, tuple) and dims is not None:
+                    placement = place(dims, found, image_size=size, batch=fixed_batch)
+                else:  # placed when it runs: the convention on its shape
+                    placement = None
+                if isinstance(placement, Refusal) and not placement.layer:
+                    self._not_layers[name] = placement.reason
+                    continue
+                q = quant.get(name) if g.elem_type(name) not in FLOAT_TYPES else None
+                if placement is None:
+                    self._plans[name] = _Conversion(name, None, q)
+                    output_shape, layout, unavailable = None, "", None
+                elif isinstance(placement, Placement):
+                    self._plans[name] = _Conversion(name, placement, q)
+                    nchw = placement.shape(dims, batch=fixed_batch) if dims is not None else None
+                    output_shape = None if nchw is None else (None, *nchw[1:])
+                    layout, unavailable = placement.layout, None
+                else:
+                    output_shape, layout, unavailable = None, "", placement.reason
                 layers.append(
                     Layer(
                         name=name,
                         kind=kind_of(node, g),
                         type=node.op_type,
-                        output_shape=_nchw_shape(g.shape(name), tensor_plan.layout),
+                        output_shape=output_shape,
                         params=param_count(node, g) if first else 0,
                         description=describe(node, g),
                         source=sources.get(i) if first else None,
+                        layout=layout,
+                        unavailable=unavailable,
+                        fused=fused.get(i, ()) if first else (),
                     )
                 )
                 first = False
@@ -229,6 +260,14 @@ class OnnxBackend(BackendBase):
     def _why_not_a_layer(self, name: str) -> str | None:
         """Why a tensor of the graph is not a layer, or ``None`` if there is no such tensor."""
         g = self._graph
+        if name in self._not_layers:
+            index = g.producer[name]
+            node = g.nodes[index]
+            return (
+                f"Tensor {name!r} (output of {node.op_type} node {node.name or '(unnamed)'!r}) "
+                f"has no batch axis ({self._not_layers[name]}): it holds values for the whole "
+                "batch (a scale, a statistic), not one per image, so it is not a layer."
+            )
         owner = g.subgraph_owner.get(name)
         if owner is not None:
             return (
@@ -240,9 +279,10 @@ class OnnxBackend(BackendBase):
             return f"{name!r} is a weight of the model (an initializer), not an activation."
         if any(v.name == name for v in g.inputs):
             return f"{name!r} is a model input; featvis shows what the layers compute from it."
-        index = g.producer.get(name)
-        if index is None:
+        found = g.producer.get(name)
+        if found is None:
             return None
+        index = found
         node = g.nodes[index]
         what = f"Tensor {name!r} (output of {node.op_type} node {node.name or '(unnamed)'!r})"
         if name in g.static:
@@ -259,22 +299,29 @@ class OnnxBackend(BackendBase):
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, batch: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
-        names = [layer.name for layer in layers]
-        plans = [self._plans[name] for name in names]
-        for tensor_plan in plans:
-            if tensor_plan.rank == 4:
-                tensor_plan.check_layout()  # before running anything
-        raws = self._run_tensors(batch, names)
-        return [tensor_plan.convert(raw) for tensor_plan, raw in zip(plans, raws)]
+    def _run(self, batch: np.ndarray, layers: list[Layer]) -> list[np.ndarray | FeatvisError]:
+        conversions = [self._plans[layer.name] for layer in layers]
+        image_size = (int(batch.shape[2]), int(batch.shape[3]))
+        return self._run_tensors(
+            batch,
+            [layer.name for layer in layers],
+            lambda i, raw, n: conversions[i].convert(raw, n, image_size, layers[i]),
+        )
 
-    def _run_tensors(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """The raw values of the tensors ``names`` for a prepared batch, from one sub-model,
-        run in pieces of the model's fixed batch size when it has one."""
+    def _run_tensors(
+        self,
+        batch: np.ndarray,
+        names: list[str],
+        convert: Any = None,
+    ) -> list[Any]:
+        """The values of the tensors ``names`` for a prepared batch, from one sub-model, run in
+        pieces of the model's fixed batch size when it has one. ``convert(i, raw, n)`` turns
+        the raw value of tensor ``i`` for ``n`` images into what is returned (its batch then
+        first); without it the raw values are returned, batch first."""
         session = self._sessions.get(names)
         total = len(batch)
         step = self._inputs.batch or total
-        parts: list[list[np.ndarray]] = [[] for _ in names]
+        parts: list[list[Any]] = [[] for _ in names]
         for start in range(0, total, step):
             part = batch[start : start + step]
             real = len(part)
@@ -288,9 +335,13 @@ class OnnxBackend(BackendBase):
                     f"ONNX Runtime could not run {self._loaded.origin} on a batch of shape "
                     f"{part.shape}: {exc}"
                 ) from None
-            for collected, raw in zip(parts, raws):
-                collected.append(raw[:real] if real < step else raw)
-        return [c[0] if len(c) == 1 else np.concatenate(c) for c in parts]
+            for i, (collected, raw) in enumerate(zip(parts, raws)):
+                out = raw if convert is None else convert(i, raw, step)
+                if isinstance(out, FeatvisError) or (collected and collected[0] is None):
+                    collected[:] = [out] if not collected or collected[0] is not None else []
+                    continue
+                collected.append(out[:real] if real < step else out)
+        return [_joined(c) for c in parts]
 
     # -- scores ------------------------------------------------------------------------------
 
@@ -326,51 +377,65 @@ class OnnxBackend(BackendBase):
 
 
 class _OnnxLayerIndex(LayerIndex):
-    """Also finds a layer by its torch module path, and explains tensors that are not layers."""
+    """Also finds a layer by its torch module path (names and aliases come first)."""
 
     def __init__(self, layers: Sequence[Layer], why_not: Any) -> None:
-        super().__init__(layers)
-        self._why_not = why_not
+        super().__init__(layers, why_not)
         self._by_source = {layer.source: layer for layer in layers if layer.source}
 
     def resolve(self, key: str | int | Layer) -> Layer:
-        try:
-            return super().resolve(key)
-        except AmbiguousLayerError:
-            raise
-        except UnknownLayerError:
-            name = key.name if isinstance(key, Layer) else key
-            if not isinstance(name, str):  # an index out of range: the base message says so
-                raise
+        name = key.name if isinstance(key, Layer) else key
+        if isinstance(name, str) and name not in self._by_key:
             layer = self._by_source.get(name)
             if layer is not None:
                 return layer
-            reason = self._why_not(name)
-            if reason is None:
-                raise
-            raise UnknownLayerError(
-                f"{reason} (The layers: featvis.layer_table(backend) in Python, "
-                "`featvis layers MODEL` in a shell.)"
-            ) from None
+        return super().resolve(key)
 
 
-def _nchw_shape(
-    shape: tuple[int | None, ...] | None, layout: str | None
-) -> tuple[int | None, ...] | None:
-    """An ONNX tensor shape as the NCHW shape featvis returns, the batch dimension ``None``."""
-    if not shape:
-        return None
-    if len(shape) == 4 and layout == NHWC:
-        shape = (shape[0], shape[3], shape[1], shape[2])
-    rest = shape[1:]
-    if len(rest) == 0:
-        rest = (1, 1, 1)
-    elif len(rest) == 1:
-        rest = (rest[0], 1, 1)
-    elif len(rest) == 2:
-        rest = (rest[0], 1, rest[1])
-    elif len(rest) > 3:
-        middle = rest[1:-1]
-        folded = None if None in middle else int(np.prod(middle))  # type: ignore[arg-type]
-        rest = (rest[0], folded, rest[-1])
-    return (None, *rest)
+def _joined(parts: list[Any]) -> Any:
+    """One result from the per-piece results: the arrays joined along the batch, or the first
+    error."""
+    error = next((p for p in parts if isinstance(p, FeatvisError)), None)
+    if error is not None:
+        return error
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Conversion:
+    """What to do with one requested tensor's raw output: dequantize, then make it NCHW."""
+
+    def __init__(
+        self, name: str, placement: Placement | None, quantization: Quantization | None
+    ) -> None:
+        self.name = name
+        self.placement = placement
+        self.quantization = quantization
+
+    def convert(
+        self, raw: np.ndarray, batch: int, image_size: tuple[int, int], layer: Layer
+    ) -> np.ndarray | FeatvisError:
+        if raw.dtype.kind in "iu" and self.quantization is not None:
+            raw = self.quantization.dequantize(raw)
+        elif raw.dtype.kind != "f":
+            return ModelError(
+                f"Tensor {self.name!r} holds {raw.dtype} values with no known quantization; "
+                "featvis shows float activations and dequantizable integer ones."
+            )
+        placement = self.placement
+        if placement is None:  # shape inference lost it: the convention, on what came back
+            found = place(raw.shape, ["?"] * raw.ndim, image_size=image_size, batch=batch)
+            if not isinstance(found, Placement):
+                return LayoutError(
+                    f"Layer {layer.name!r} ({layer.alias}) gave a tensor of shape "
+                    f"{raw.shape} for a batch of {batch}: {found.reason}."
+                )
+            placement = found
+        try:
+            return placement.apply(raw, batch, image_size)
+        except ArgumentError as exc:
+            return LayoutError(
+                f"Layer {layer.name!r} ({layer.alias}) gave a tensor of shape {raw.shape} for "
+                f"a batch of {batch} ({exc}); its layout was {layer.layout} when the layers "
+                "were listed. featvis cannot tell which axis is which (the rule is in "
+                "featvis._axes)."
+            )

@@ -9,7 +9,6 @@ constants (clip bounds, dropout ratios, quantization scales).
 
 from __future__ import annotations
 
-import functools
 import heapq
 from collections.abc import Iterator
 
@@ -20,7 +19,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, 
 from featvis import ModelError
 from featvis_onnx._model import LoadedModel
 
-__all__ = ["FLOAT_TYPES", "QUANT_TYPES", "GraphInfo", "attributes"]
+__all__ = ["FLOAT_TYPES", "QUANT_TYPES", "GraphInfo", "attributes", "ints"]
 
 FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -41,6 +40,17 @@ Shape = tuple[int | None, ...]
 def attributes(node: NodeProto) -> dict[str, object]:
     """A node's attributes as Python values (graphs and tensors left as protos)."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def ints(value: object) -> list[int]:
+    """An attribute's or a constant's value as a list of ints (``[]`` for ``None``)."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return [int(v) for v in value.reshape(-1).tolist()]
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]  # type: ignore[call-overload]
 
 
 def _subgraphs(node: NodeProto) -> Iterator[GraphProto]:
@@ -102,6 +112,7 @@ class GraphInfo:
             for name in node.output:
                 if name:
                     self.producer[name] = i
+        self._consts: dict[str, np.ndarray | None] = {}
         self.static = self._static_tensors()
         self.plumbing = self._shape_plumbing()
         self.types = self._infer_types(proto)
@@ -242,6 +253,20 @@ class GraphInfo:
             for d in value.tensor_type.shape.dim
         )
 
+    def dims(self, name: str) -> tuple[int | str | None, ...] | None:
+        """The shape of ``name`` with symbolic dimensions kept as their names (``"N"``, or the
+        ``unk__3`` that shape inference makes up), ``None`` for a dimension that has neither;
+        ``None`` if the rank is unknown."""
+        value = self.types.get(name)
+        if value is None or value.WhichOneof("value") != "tensor_type":
+            return None
+        if not value.tensor_type.HasField("shape"):
+            return None
+        return tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in value.tensor_type.shape.dim
+        )
+
     def elements(self, name: str) -> int:
         """Number of elements of a tensor of known static shape, else 0."""
         shape = self.shape(name)
@@ -249,11 +274,18 @@ class GraphInfo:
             return 0
         return _elements(shape)
 
-    @functools.cache  # noqa: B019  # one GraphInfo per backend, kept with it
     def const(self, name: str) -> np.ndarray | None:
         """The value of a small constant: an initializer, a Constant node, or an Identity,
         Cast, CastLike or Reshape of one. ``None`` if ``name`` is not constant or is too large
-        to read for a description."""
+        to read for a description. Values are cached on this object (not in a cache shared by
+        every GraphInfo, which would keep each model alive after its backend is gone)."""
+        if name in self._consts:
+            return self._consts[name]
+        value = self._const(name)
+        self._consts[name] = value
+        return value
+
+    def _const(self, name: str) -> np.ndarray | None:
         if not name:
             return None
         tensor = self.initializers.get(name)
@@ -287,6 +319,28 @@ class GraphInfo:
             try:
                 return value.reshape(dims)
             except ValueError:
+                return None
+        if node.op_type == "Concat" and node.input:  # exporters build reshape targets so
+            parts = [self.const(name) for name in node.input]
+            if any(part is None for part in parts):
+                return None
+            axis = int(attributes(node).get("axis", 0))  # type: ignore[call-overload]
+            try:
+                return np.concatenate([np.atleast_1d(p) for p in parts], axis=axis)  # type: ignore[arg-type]
+            except ValueError:
+                return None
+        if node.op_type in ("Unsqueeze", "Squeeze") and node.input:
+            value = self.const(node.input[0])
+            axes = ints(attributes(node).get("axes"))
+            if not axes and len(node.input) > 1:
+                axes = ints(self.const(node.input[1]))
+            if value is None:
+                return None
+            try:
+                if node.op_type == "Unsqueeze":
+                    return np.expand_dims(value, tuple(axes))
+                return np.squeeze(value, tuple(axes) if axes else None)
+            except (ValueError, TypeError):
                 return None
         if node.op_type == "CastLike" and len(node.input) == 2:
             value = self.const(node.input[0])

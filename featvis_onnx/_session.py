@@ -154,7 +154,7 @@ class Sessions:
         """The session options featvis uses; see the comments for why each is set."""
         so = ort.SessionOptions()
         # ALL: requested tensors are graph outputs, which ORT never fuses away, so full
-        # optimization is both correct and fastest (lower levels measured slower).
+        # optimization is both correct and fastest (docs/performance.md).
         so.graph_optimization_level = OPTIMIZATION[self.optimization]
         thread_options(so, self.threads)
         so.log_severity_level = 3  # errors only: pruned sub-models trigger harmless warnings

@@ -25,9 +25,12 @@ import re
 from featvis._layers import CALL_SEPARATOR
 from featvis_onnx._graph import GraphInfo
 
-__all__ = ["module_sources"]
+__all__ = ["fused_modules", "module_sources"]
 
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+#: Where onnxscript's optimizer (``torch.onnx.export(..., optimize=True)``) records the rewrite
+#: rules that made a node, e.g. ``FuseBatchNormIntoConv``.
+_RULES_KEY = "pkg.onnxscript.rewriter.rule_name"
 _SUFFIX = re.compile(r"^(.+)_(\d+)$")
 _CALL_MARK = re.compile(r"@\d+$")  # torch.export's own call suffix, if a version writes one
 
@@ -149,3 +152,22 @@ def module_sources(g: GraphInfo) -> dict[int, str]:
             sources[i] = path if len(keys) == 1 else f"{path}{CALL_SEPARATOR}{keys.index(key) + 1}"
             break
     return sources
+
+
+def fused_modules(g: GraphInfo) -> dict[int, tuple[str, ...]]:
+    """Node index -> the module paths whose BatchNorm the exporter recorded folding into it.
+
+    onnxscript's optimizer names the rule (``FuseBatchNormIntoConv``...) in the node's
+    metadata, and the node keeps the BatchNorm's scopes: the innermost is the module that
+    holds the BatchNorm (a ``BatchNorm2d``, or a module with one inside its forward, such as
+    timm's ``BatchNormAct2d``). The node's value is that BatchNorm's output.
+    """
+    found: dict[int, tuple[str, ...]] = {}
+    for i, node in enumerate(g.nodes):
+        metadata = {p.key: p.value for p in node.metadata_props}
+        if "BatchNorm" not in metadata.get(_RULES_KEY, ""):
+            continue
+        chain = _dynamo_chain(metadata)
+        if chain:
+            found[i] = (chain[-1],)
+    return found

@@ -8,8 +8,6 @@ import io
 import itertools
 import os
 import sys
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,44 +19,41 @@ from torch import nn
 from featvis import (
     ArgumentError,
     BackendBase,
+    FeatvisError,
     ImageError,
     Layer,
-    LayoutError,
     MissingDependencyError,
     ModelError,
     Preprocess,
     number_layers,
     prepare_images,
 )
+from featvis._axes import Placement
 from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import CALL_SEPARATOR
 from featvis_torch._capture import (
-    NCL,
-    NLC,
     Capture,
     Extraction,
-    ModuleTree,
     Plan,
     StopForward,
-    all_modules,
     first_tensor,
-    first_tensor_of,
-    folded_shape,
+    first_weight,
     lock_for,
-    nchw_view,
 )
-from featvis_torch._describe import describe, is_channels_first_1d, kind_of
+from featvis_torch._describe import describe, kind_of
+from featvis_torch._trace import Listing, list_calls
 
 __all__ = ["TorchBackend"]
 
 
 @dataclass(frozen=True)
 class _Site:
-    """Where a layer's output appears: the ``call``-th call (from 1) of ``module``."""
+    """Where a layer's output appears: the ``call``-th call (from 1) of ``module``, and how
+    that output becomes NCHW."""
 
     module: nn.Module
     call: int
-    layout: str
+    placement: Placement
 
 
 class TorchBackend(BackendBase):
@@ -75,13 +70,17 @@ class TorchBackend(BackendBase):
     requested layer has run, and that last output, if nothing else holds its memory, is
     returned without a copy since nothing runs after it.
 
-    Outputs become ``(N, C, H, W)`` float32 numpy arrays by this rule: the first tensor of a
-    tuple, list or dict output (depth-first); ``(N,)`` -> ``(N, 1, 1, 1)``; ``(N, C)`` ->
-    ``(N, C, 1, 1)``; 4-D stays (channels_last included); more dimensions fold into H; a 3-D
-    output is ``(N, C, L)`` -> ``(N, C, 1, L)`` for 1-d modules (``Conv1d``, ``BatchNorm1d``,
-    1-d pooling...) and modules that keep such an input's shape, else a token sequence
-    ``(N, L, C)`` -> ``(N, C, 1, L)``; any dtype and device -> float32 on the CPU. Modules
-    with no tensor output, or a complex one, are not layers.
+    Outputs become ``(N, C, H, W)`` float32 numpy arrays (any dtype and device -> float32 on
+    the CPU) by the rule every backend follows, :mod:`featvis._axes`, applied to the output
+    itself or the first tensor of a tuple, list or dict output (depth-first). To know each
+    output's axes, listing the layers runs the model three times (one image, one of another
+    size, two copies of that; see :mod:`featvis_torch._trace`): the axis that follows the batch
+    is the batch, wherever it is (an LSTM's ``(T, N, H)``), the axes that follow the image are
+    spatial (an NHWC block's H and W, a token sequence), the others are channels. A model that
+    runs at one size only falls back to what its modules say (a ``Linear`` or ``LayerNorm``
+    keeps channels last, a convolution at axis 1). Modules with no tensor output, a complex
+    one, or one without a batch axis are not layers; an output whose axes cannot be placed is
+    a layer with :attr:`Layer.unavailable` set, refused when asked for.
 
     The model is never changed: extraction runs under ``torch.inference_mode`` with every
     module in eval mode, and afterwards each module's ``training`` flag, the hooks, the
@@ -129,11 +128,11 @@ class TorchBackend(BackendBase):
         super().__init__(preprocess=preprocess)
         self.model = _inspectable(model)
         self._device = None if device is None else _as_device(device)
-        self._place(_first_tensor(self.model))  # fail now for a wrong device or a meta model
+        self._where(first_weight(self.model))  # fail now for a wrong device or a meta model
         self._sites: dict[str, _Site] = {}
+        self._not_layers: dict[str, str] = {}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = lock_for(self.model)
-        self._tree = ModuleTree(self.model)
         self._score_kind: ScoreKind | None = None
         self.provenance.update(torch=torch.__version__, model=type(self.model).__name__)
 
@@ -154,11 +153,9 @@ class TorchBackend(BackendBase):
                     "pip install -e '.[all]' in a clone of featvis"
                 )
         path = Path(path)
-        size = self.preprocess.size or (224, 224)
-        device, dtype = self._place(_first_tensor(self.model))
-        x = torch.zeros((1, self.preprocess.channels, *size), device=device, dtype=dtype)
+        x = self._zeros(1)
         with (
-            Extraction(self.model, self._lock, inference=False),
+            Extraction(self.model, self._lock, grad="enabled"),
             contextlib.redirect_stdout(io.StringIO()),
         ):
             torch.onnx.export(self.model, (x,), path, dynamo=True, optimize=False)
@@ -186,7 +183,7 @@ class TorchBackend(BackendBase):
         tensor of a tuple or dict output), from a plain forward pass in eval mode."""
 
         def run(batch: Any) -> np.ndarray:
-            with Extraction(self.model, self._lock, tree=self._tree) as extraction:
+            with Extraction(self.model, self._lock) as extraction:
                 x = self._input(batch, extraction.first)
                 out = first_tensor(self.model(x))
             if out is None or out.is_complex():
@@ -199,12 +196,17 @@ class TorchBackend(BackendBase):
 
     # -- input ---------------------------------------------------------------------------------
 
-    def _place(self, first: torch.Tensor | None) -> tuple[torch.device, torch.dtype]:
-        """The device and floating dtype the model's input must have, from ``first``: the
-        model's first parameter (else buffer) found by :func:`first_tensor_of`."""
+    def _where(self, first: torch.Tensor | None) -> tuple[torch.device, torch.dtype]:
+        """The device and floating dtype the model's input must have: the one place that
+        decides it, from ``first``, the model's first parameter (else buffer,
+        :func:`first_weight`), and the ``device`` asked for."""
         if first is None:
             return self._device or torch.device("cpu"), torch.float32
-        dtype = first.dtype if first.is_floating_point() else _floating_dtype(self.model)
+        if first.is_floating_point():
+            dtype = first.dtype
+        else:  # an integer first buffer (a counter): the first floating tensor, else float32
+            tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+            dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         device = first.device
         if device.type == "meta":
             raise ModelError(
@@ -222,6 +224,12 @@ class TorchBackend(BackendBase):
                 "device out to use the model where it is."
             )
         return device, dtype
+
+    def _zeros(self, batch: int) -> torch.Tensor:
+        """Zeros of the listing size, where the model's input goes (for exporting)."""
+        device, dtype = self._where(first_weight(self.model))
+        size = self.preprocess.size or (224, 224)
+        return torch.zeros((batch, self.preprocess.channels, *size), device=device, dtype=dtype)
 
     def _prepare(self, images: Any) -> Any:
         if isinstance(images, torch.Tensor):
@@ -241,16 +249,8 @@ class TorchBackend(BackendBase):
         return prepare_images(images, self.preprocess)
 
     def _input(self, batch: Any, first: torch.Tensor | None) -> torch.Tensor:
-        if (  # the common case, checked first: a tensor already where the model is
-            type(batch) is torch.Tensor
-            and first is not None
-            and self._device is None
-            and batch.dtype is first.dtype
-            and batch.device == first.device
-            and not first.is_meta
-        ):
-            return batch
-        device, dtype = self._place(first)
+        """The prepared batch as a tensor on the model's device, in its dtype."""
+        device, dtype = self._where(first)
         x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
         if x.dtype != dtype or x.device != device:
             x = x.to(device=device, dtype=dtype, non_blocking=False)
@@ -262,96 +262,117 @@ class TorchBackend(BackendBase):
         _check_modules(self.model)
         names = {module: name for name, module in self.model.named_modules()}
         leaves = [m for m in names if next(m.children(), None) is None]
-        records: list[tuple[nn.Module, int, str, tuple[int, ...] | None]] = []
-        calls: dict[nn.Module, int] = {}
-        channels_first: dict[int, weakref.ref[torch.Tensor]] = {}
-        owner = threading.get_ident()
-
-        def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if threading.get_ident() != owner:
-                return
-            call = calls[module] = calls.get(module, 0) + 1
-            tensor = first_tensor(output)
-            layout = NLC
-            if tensor is not None and tensor.dim() == 3:
-                # An input that was (N, C, L), passed through with its shape (a ReLU after a
-                # Conv1d), keeps its layout.
-                source = first_tensor(args)
-                ref = channels_first.get(id(source))
-                keeps_layout = (
-                    ref is not None
-                    and source is not None
-                    and ref() is source
-                    and source.shape == tensor.shape
-                )
-                if keeps_layout or is_channels_first_1d(module):
-                    layout = NCL
-                    channels_first[id(tensor)] = weakref.ref(tensor)
-            view = nchw_view(tensor, layout)
-            shape = folded_shape(tuple(view.shape)) if view is not None else None
-            records.append((module, call, layout, shape if shape and shape[0] == 1 else None))
-
         size = self.preprocess.size or (224, 224)
-        device, dtype = self._place(_first_tensor(self.model))
-        dummy = torch.zeros((1, self.preprocess.channels, *size), device=device, dtype=dtype)
-        with Extraction(self.model, self._lock) as extraction:
-            extraction.handles.extend(leaf.register_forward_hook(record) for leaf in leaves)
-            try:
-                self.model(dummy)
-            except Exception as exc:
-                raise ModelError(
-                    f"Listing the layers runs the model once on zeros of shape "
-                    f"{tuple(dummy.shape)} ({dtype}, {device}), and it raised "
-                    f"{type(exc).__name__}: {exc}. If the model takes another input size or "
-                    "channel count, pass preprocess=featvis.Preprocess(size=(H, W), mean=..., "
-                    "std=...)."
-                ) from exc
-        return number_layers(self._layers_from(records, names, calls))
+        device, dtype = self._where(first_weight(self.model))
+        try:
+            listing = list_calls(
+                self.model,
+                leaves,
+                channels=self.preprocess.channels,
+                size=size,
+                device=device,
+                dtype=dtype,
+                lock=self._lock,
+            )
+        except Exception as exc:
+            raise ModelError(
+                f"Listing the layers runs the model on images of shape "
+                f"{(1, self.preprocess.channels, *size)} ({dtype}, {device}), and it raised "
+                f"{type(exc).__name__}: {exc}. If the model takes another input size or "
+                "channel count, pass preprocess=featvis.Preprocess(size=(H, W), mean=..., "
+                "std=...)."
+            ) from exc
+        return number_layers(self._layers_from(listing, names))
 
-    def _layers_from(
-        self,
-        records: list[tuple[nn.Module, int, str, tuple[int, ...] | None]],
-        names: dict[nn.Module, str],
-        calls: dict[nn.Module, int],
-    ) -> list[Layer]:
+    def _layers_from(self, listing: Listing, names: dict[nn.Module, str]) -> list[Layer]:
+        def name_of(module: nn.Module, call: int) -> str:
+            base = names[module] or type(module).__name__  # a leaf root has the empty name
+            return f"{base}{CALL_SEPARATOR}{call}" if listing.counts[module] > 1 else base
+
         layers = []
         sites: dict[str, _Site] = {}
-        for module, call, layout, shape in records:
-            if shape is None:
+        not_layers: dict[str, str] = {}
+        listed: set[tuple[nn.Module, int]] = set()
+        for record in listing:
+            module, call, placement = record.module, record.call, record.placement
+            name = name_of(module, call)
+            what = f"Module {name!r} ({type(module).__name__})"
+            if record.shape is None:
+                not_layers[name] = f"{what} returns no real tensor (None, a number, a complex one)"
                 continue
-            base = names[module] or type(module).__name__  # a leaf root has the empty name
-            name = f"{base}{CALL_SEPARATOR}{call}" if calls[module] > 1 else base
+            if placement is None:
+                continue
+            if not isinstance(placement, Placement) and not placement.layer:
+                not_layers[name] = (
+                    f"{what} returns a tensor of shape {record.shape}, but {placement.reason}: "
+                    "it does not hold one value per image, so it is not a layer"
+                )
+                continue
+            base = names[module] or type(module).__name__
             own = 0 if call > 1 else sum(p.numel() for p in module.parameters(recurse=False))
             text = describe(module)
             if call > 1 and own == 0 and any(True for _ in module.parameters(recurse=False)):
                 text += f" (weights of {base}{CALL_SEPARATOR}1)"
-            sites[name] = _Site(module, call, layout)
+            if isinstance(placement, Placement):
+                sites[name] = _Site(module, call, placement)
+                shape = placement.shape(record.shape, batch=1)
+                output_shape = (None, *shape[1:]) if self.preprocess.size else None
+                layout, unavailable = placement.layout, None
+            else:
+                output_shape, layout, unavailable = None, "", placement.reason
+            same_as = record.same_as or (None, 0)
+            listed.add((module, call))
             layers.append(
                 Layer(
                     name=name,
-                    kind=kind_of(module),
+                    # A module of no known kind that returns its own input, untouched (an
+                    # empty nn.Sequential), is an identity.
+                    kind="identity"
+                    if record.passthrough and kind_of(module) == "other"
+                    else kind_of(module),
                     type=type(module).__name__,
-                    output_shape=(None, *shape[1:]) if self.preprocess.size else None,
+                    output_shape=output_shape,
                     params=own,
                     description=text,
                     source=name,
+                    layout=layout,
+                    unavailable=unavailable,
+                    same_as=name_of(*same_as) if same_as in listed else None,
                 )
             )
         self._sites = sites  # one assignment: a thread that runs meanwhile sees old or new
+        self._not_layers = not_layers
         return layers
+
+    def _why_not_a_layer(self, name: str) -> str | None:
+        self._layer_index()
+        reason = self._not_layers.get(name)
+        if reason is not None:
+            return reason
+        modules = dict(self.model.named_modules())
+        module = modules.get(name)
+        if module is None or name == "":
+            return None
+        inside = [layer.name for layer in self.layers() if layer.name.startswith(name + ".")]
+        if not inside:
+            return f"Module {name!r} ({type(module).__name__}) did not run when listing"
+        shown = ", ".join(inside[:6]) + (f", ... ({len(inside)} in all)" if len(inside) > 6 else "")
+        return (
+            f"Module {name!r} ({type(module).__name__}) is a container; its layers are its "
+            f"leaf modules: {shown}"
+        )
 
     # -- activations ---------------------------------------------------------------------------
 
-    def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray]:
+    def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray | FeatvisError]:
         plan = self._plan(layers)
-        capture = self._forward(batch, plan, copy_last=False)
-        if not capture.stopped:
-            # The model caught our BaseException and carried on, so the last output may have
-            # been changed after it was taken: take everything again, copying all of it.
-            capture = self._forward(batch, plan, copy_last=True)
-        if capture.bad is not None:
-            slot, tensor = capture.bad
-            raise _layout_error(layers[slot], tensor, len(batch))
+        with Extraction(self.model, self._lock) as extraction:
+            x = self._input(batch, extraction.first)
+            capture = Capture(plan, x.shape[0], (int(x.shape[2]), int(x.shape[3])))
+            for module in plan.modules:
+                extraction.handles.append(module.register_forward_hook(capture))
+            with contextlib.suppress(StopForward):  # the stop after the last layer
+                self.model(x)
         if capture.remaining:  # some outputs were not taken
             missing = [layer.name for layer, out in zip(layers, capture.results) if out is None]
             raise ModelError(
@@ -369,45 +390,10 @@ class TorchBackend(BackendBase):
             if len(self._plans) >= 64:
                 self._plans.clear()
             sites = [self._sites[name] for name in key]
-            plan = self._plans[key] = Plan([(s.module, s.call, s.layout) for s in sites])
+            plan = self._plans[key] = Plan(
+                [(s.module, s.call, s.placement, layer) for s, layer in zip(sites, layers)]
+            )
         return plan
-
-    def _forward(self, batch: Any, plan: Plan, *, copy_last: bool) -> Capture:
-        """One forward pass taking the outputs of ``plan``, stopped after the last one."""
-        with Extraction(self.model, self._lock, tree=self._tree) as extraction:
-            x = self._input(batch, extraction.first)
-            capture = Capture(plan, x.shape[0], copy_last=copy_last)
-            for module in plan.modules:
-                extraction.handles.append(module.register_forward_hook(capture))
-            try:
-                self.model(x)
-            except StopForward:
-                capture.stopped = True
-            capture.finish()
-        return capture
-
-
-def _first_tensor(model: nn.Module) -> torch.Tensor | None:
-    """The tensor whose device and dtype the input takes (see :func:`first_tensor_of`)."""
-    return first_tensor_of(all_modules(model))
-
-
-def _floating_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the first floating parameter or buffer (float32 if there is none)."""
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
-
-
-def _layout_error(layer: Layer, tensor: torch.Tensor | None, batch: int) -> LayoutError:
-    got = (
-        f"a tensor of shape {tuple(tensor.shape)} and dtype {tensor.dtype}"
-        if tensor is not None
-        else "no tensor"
-    )
-    return LayoutError(
-        f"Layer {layer.name!r} returned {got} for a batch of {batch}; featvis needs a real "
-        "tensor whose first dimension is the batch (the rule is in TorchBackend's docstring)."
-    )
 
 
 def _as_device(device: str | torch.device) -> torch.device:

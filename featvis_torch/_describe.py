@@ -16,7 +16,7 @@ from torch import nn
 
 from featvis_torch.models import Conv2dSame
 
-__all__ = ["describe", "is_channels_first_1d", "kind_of"]
+__all__ = ["channel_axis", "describe", "kind_of"]
 
 _CONV = (nn.modules.conv._ConvNd,)
 _RELU = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU)
@@ -68,26 +68,47 @@ _PAD = (
     nn.modules.padding._CircularPadNd,
 )
 
-# Modules whose 3-D output is (N, C, L) by construction (any other 3-D output is taken as a
-# token sequence (N, L, C); see featvis_torch._capture).
-_ONE_D = (
-    nn.Conv1d,
-    nn.ConvTranspose1d,
-    nn.BatchNorm1d,
-    nn.InstanceNorm1d,
-    nn.MaxPool1d,
-    nn.AvgPool1d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveAvgPool1d,
-    nn.LPPool1d,
-    nn.MaxUnpool1d,
+# What the module types say about the channel axis of their output: what featvis_torch falls back
+# to where it cannot trace the model at another size (see featvis._axes).
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,  # BatchNorm and InstanceNorm
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+    *_POOL,
     nn.Dropout1d,
-    nn.ConstantPad1d,
-    nn.ReflectionPad1d,
-    nn.ReplicationPad1d,
-    nn.CircularPad1d,
-    nn.Upsample,  # on a 3-D input it resizes L: (N, C, L)
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ChannelShuffle,
+    nn.Softmax2d,
+    *_PAD,
 )
+_CHANNELS_LAST = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def channel_axis(module: nn.Module) -> int | None:
+    """The axis of ``module``'s output that holds channels, by the module's type: 1 for
+    convolutions, pooling, BatchNorm...; -1 (the last) for ``Linear``, ``LayerNorm``, RNNs,
+    attention; ``None`` when the type does not say (an activation works on any layout)."""
+    if isinstance(module, _CHANNELS_FIRST):
+        return 1
+    if isinstance(module, _CHANNELS_LAST):
+        return -1
+    return None
 
 
 def _is_instance_norm(module: nn.Module) -> bool:
@@ -133,11 +154,6 @@ def kind_of(module: nn.Module) -> str:
     if isinstance(module, nn.Identity):
         return "identity"
     return "other"
-
-
-def is_channels_first_1d(module: nn.Module) -> bool:
-    """Whether a 3-D output of ``module`` is ``(N, C, L)`` by the module's type."""
-    return isinstance(module, _ONE_D)
 
 
 def _seq(value: Any) -> str:

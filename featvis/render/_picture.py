@@ -61,6 +61,10 @@ class Picture:
                     "A palette Picture needs (H, W) indices and a (256, 3) palette, got "
                     f"{pixels.shape} and {palette.shape}."
                 )
+        # A read-only view: the picture never writes its pixels, and marking the caller's own
+        # array read-only would change what the caller has.
+        pixels = pixels.view()
+        pixels.flags.writeable = False
         self._pixels = pixels
         self._palette = palette
         self._rgb: np.ndarray | None = None if palette is not None else pixels
@@ -79,8 +83,9 @@ class Picture:
         """The picture as a read-only ``(H, W, 3)`` uint8 array."""
         if self._rgb is None:
             assert self._palette is not None
-            self._rgb = self._palette[self._pixels]
-        self._rgb.flags.writeable = False
+            rgb = self._palette[self._pixels]
+            rgb.flags.writeable = False
+            self._rgb = rgb
         return self._rgb
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:

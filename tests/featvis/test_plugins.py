@@ -9,6 +9,7 @@ import pytest
 
 import featvis
 from featvis import plugins
+from featvis.hookspecs import hookspec
 from featvis.testing import tiny_cnn
 
 
@@ -273,3 +274,33 @@ def test_install_hints_say_what_works_from_a_clone() -> None:
         featvis.install_hint("featvis[torch]") == "pip install -e '.[torch]' in a clone of featvis"
     )
     assert featvis.install_hint("featvis-mynet") == "pip install 'featvis-mynet'"
+
+
+class _Evolved:
+    """A hook that gained an argument, as the style guide says hooks evolve."""
+
+    @hookspec
+    def register_extras(self, register, version):  # type: ignore[no-untyped-def]
+        """Register extras; ``version`` is the newer argument."""
+
+
+class _EvolvedPlugin:
+    def __init__(self) -> None:
+        self.got: dict[str, object] = {}
+
+    @featvis.hookimpl
+    def register_extras(self, version, register):  # type: ignore[no-untyped-def]
+        self.got = {"version": version, "register": register}
+        register(featvis.ModelSpec(name=f"extra-{version}", load=lambda name: tiny_cnn()))
+
+
+def test_a_hook_implementation_gets_each_argument_by_its_name() -> None:
+    plugins.pm.add_hookspecs(_Evolved)
+    plugin = _EvolvedPlugin()
+    plugins.pm.register(plugin, name="evolved-test")
+    try:
+        found = plugins._collect("register_extras", featvis.ModelSpec, version=2)
+    finally:
+        plugins.pm.unregister(plugin)
+    assert plugin.got["version"] == 2 and callable(plugin.got["register"])
+    assert [spec.name for _, spec in found] == ["extra-2"]

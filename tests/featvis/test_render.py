@@ -489,3 +489,16 @@ def test_an_empty_map_is_refused() -> None:
         montage(np.zeros((0, 3, 3)))
     with pytest.raises(featvis.ArgumentError, match="empty map"):
         featvis.resize(np.zeros((0, 3)), (4, 4))
+
+
+def test_a_picture_of_the_callers_array_leaves_that_array_writable() -> None:
+    pixels = np.zeros((2, 3, 3), np.uint8)
+    picture = Picture(pixels)
+    pixels[0, 0, 0] = 7  # still the caller's to change
+    assert pixels.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        np.asarray(picture)[0, 0, 0] = 1  # what the picture hands out is read-only
+    palette = np.zeros((256, 3), np.uint8)
+    indices = np.zeros((2, 2), np.uint8)
+    Picture(indices, palette).rgb()
+    assert indices.flags.writeable and palette.flags.writeable

@@ -274,9 +274,16 @@ def test_nhwc_graphs_come_back_nchw(nhwc: Path, batch: np.ndarray) -> None:
 @pytest.mark.parametrize("name", ["folded", "y"])
 def test_an_undeterminable_layout_is_an_error(nhwc: Path, batch: np.ndarray, name: str) -> None:
     backend = OnnxBackend(nhwc, preprocess=RAW)
-    with pytest.raises(featvis.LayoutError, match=f"'{name}' is 4-D.*NCHW or NHWC"):
+    # A Reshape of the NHWC (1, 8, 8, 5) to (1, 5, 8, 8): the pixels no longer line up.
+    assert "reshapes its input" in (backend.layer(name).unavailable or "")
+    with pytest.raises(featvis.LayoutError, match=f"'{name}' .*cannot be returned: the model res"):
         backend.activations(batch, name)
     assert backend._sessions.built == 0  # refused before anything ran
+    with pytest.warns(featvis.LayerWarning, match=f"'{name}'"):
+        partial = backend.activations(batch, ["a", name])
+    assert list(partial) == ["a"] and isinstance(partial.missing[name], featvis.LayoutError)
+    with pytest.raises(featvis.LayoutError, match="cannot be returned"):
+        partial[name]  # asking the result for it says why
 
 
 # -- execution options -----------------------------------------------------------------------

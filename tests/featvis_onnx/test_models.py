@@ -177,3 +177,16 @@ def test_runtime_errors_become_model_errors(zoo: Path, save: Callable[..., Path]
     backend = featvis.load(save(model, "unknown_op.onnx"), preprocess=RAW)
     with pytest.raises(featvis.ModelError, match="ONNX Runtime .* cannot run .*Convolve"):
         backend.activations(np.zeros((1, 3, 8, 8), np.float32), "r")
+
+
+def test_a_backend_that_is_gone_frees_its_model(zoo: Path) -> None:
+    import gc
+    import weakref
+
+    backend = featvis.load(zoo)
+    backend.layers()  # reads small constants (descriptions, quantization) through GraphInfo
+    assert backend._graph.const("zero") is not None
+    graph = weakref.ref(backend._graph)
+    del backend
+    gc.collect()
+    assert graph() is None, "a cache still holds the model after its backend is gone"

@@ -31,8 +31,14 @@ def test_alexnet_matches_pytorch(alexnet: tuple[object, Path], photos: list[np.n
     torch_backend = featvis.load(model)
     table = featvis.compare(torch_backend, path, photos)
     _check_every_conv_and_relu(table, torch_backend)
-    assert len(table) == 19  # all 21 modules but the two dropouts
-    assert [u.layer.name for u in table.unmatched_a] == ["classifier.0", "classifier.3"]
+    # All 21 modules but the first dropout: the second returns the ReLU's output unchanged
+    # (the same tensor), so it is paired with the ReLU's ONNX tensor; the first returns the
+    # flatten's output, which no module computes.
+    assert len(table) == 20
+    assert [u.layer.name for u in table.unmatched_a] == ["classifier.0"]
+    drop = next(row for row in table if row.layer_a.name == "classifier.3")
+    assert drop.how == "same value" and "'classifier.2'" in drop.why
+    assert all(row.why for row in table)
 
 
 def test_conv5_differs_from_relu5_through_onnx_too(
@@ -102,8 +108,11 @@ def test_the_table_reads_in_text_and_html(
         "rel",
         "cosine",
         "ok",
+        "why",
+        "paired",
     ]
-    assert "bn1  " in text and "getitem" in text and "Verdict: all layers matched" in text
+    assert "bn1  " in text and "getitem" in text and "Verdict: OK" in text
+    assert "the same module path 'bn1'" in text
     html = table._repr_html_()
     assert html.count("<tr") == 3 and "<td>bn1</td>" in html
 

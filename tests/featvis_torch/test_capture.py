@@ -271,9 +271,10 @@ def test_every_kind_of_output_follows_the_nchw_rule(zoo: Zoo) -> None:
             "conv": conv,
             "pair": a,  # the first element of a tuple
             "nested": b,  # the first tensor, depth-first, of a list holding a dict
-            "tokens": b.flatten(2)[:, :, None, :],  # (N, L, C) -> (N, C, 1, L)
-            "ln": zoo.ln(tokens).transpose(1, 2)[:, :, None, :],
-            "five": b,  # (N, 2, 2, H, W) -> (N, 2, 2*H, W): the same memory order as (N,4,H,W)
+            # (N, L, C) whose L is the image's pixels: a token grid, back to (N, C, H, W)
+            "tokens": b,
+            "ln": zoo.ln(tokens).transpose(1, 2).reshape(b.shape),
+            "five": b,  # (N, 2, 2, H, W): two channel axes fold into C, (N, 4, H, W)
             "flag": (b > 0).float(),
             "count": (b * 10).to(torch.int32).float(),
             "mean": b.mean(dim=(1, 2, 3))[:, None, None, None],
@@ -282,31 +283,32 @@ def test_every_kind_of_output_follows_the_nchw_rule(zoo: Zoo) -> None:
         want = tensor.reshape(out[name].shape).numpy()
         assert out[name].dtype == np.float32 and out[name].flags.c_contiguous, name
         np.testing.assert_allclose(out[name], want, rtol=1e-6, atol=1e-6, err_msg=name)
-    assert out["tokens"].shape == (2, 4, 1, 24)
-    assert out["five"].shape == (2, 2, 8, 6)
+    assert out["tokens"].shape == out["ln"].shape == (2, 4, 4, 6)
+    assert out["five"].shape == (2, 4, 4, 6)
     assert out["mean"].shape == (2, 1, 1, 1)
     for name, layer in layers.items():
         assert layer.output_shape == (None, *out[name].shape[1:]), name
+    assert layers["ln"].layout == "NLC" and layers["five"].layout == "NCCHW"
 
 
 class Signal(nn.Module):
-    """A 1-d network: the ReLU after a Conv1d keeps its (N, C, L) layout."""
+    """A 1-d network over the image's columns: (N, C, W) then (N, W, C)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv1d(3, 5, 3, padding=1)
         self.relu = nn.ReLU()
         self.bn = nn.BatchNorm1d(5)
-        self.proj = nn.Linear(5, 7)  # on (N, L, C): a token sequence
+        self.proj = nn.Linear(5, 7)  # on (N, W, C): a sequence, channels last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.relu(self.conv(x.flatten(2))))  # (N, 3, H*W)
+        x = self.bn(self.relu(self.conv(x.mean(dim=2))))  # (N, 3, W)
         return self.proj(x.transpose(1, 2))
 
 
-def test_three_d_outputs_of_1d_modules_and_what_follows_are_channels_first() -> None:
+def test_sequences_keep_their_channels_wherever_they_are() -> None:
     model = seeded(Signal).eval()
-    backend = TorchBackend(model, preprocess=Preprocess(size=(2, 5)))
+    backend = TorchBackend(model, preprocess=Preprocess(size=(2, 10)))
     shapes = {layer.name: layer.output_shape for layer in backend.layers()}
     assert shapes == {
         "conv": (None, 5, 1, 10),
@@ -314,10 +316,11 @@ def test_three_d_outputs_of_1d_modules_and_what_follows_are_channels_first() -> 
         "bn": (None, 5, 1, 10),
         "proj": (None, 7, 1, 10),
     }
-    x = torch.randn(2, 3, 2, 5)
+    assert [layer.layout for layer in backend.layers()] == ["NCL", "NCL", "NCL", "NLC"]
+    x = torch.randn(2, 3, 2, 10)
     out = backend.activations(x, ["relu", "proj"])
     with torch.inference_mode():
-        relu = model.relu(model.conv(x.flatten(2)))
+        relu = model.relu(model.conv(x.mean(dim=2)))
         proj = model.proj(model.bn(relu).transpose(1, 2))
     np.testing.assert_allclose(out["relu"][:, :, 0, :], relu.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
@@ -425,7 +428,8 @@ def test_what_the_caller_gets_shares_no_memory_with_the_model_or_the_input(
 
 
 class Moody(nn.Module):
-    """Its layers change with the batch: ``first`` drops images, ``extra`` runs for 1 image."""
+    """``first`` keeps image 0 whatever the batch (no batch axis: not a layer), ``extra`` runs
+    for one image only."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -439,12 +443,10 @@ class Moody(nn.Module):
 
 def test_layers_whose_outputs_change_with_the_input_are_explained(hygiene: Any) -> None:
     backend = TorchBackend(hygiene.watch(Moody()), preprocess=Preprocess(size=(2, 2)))
-    assert [layer.name for layer in backend.layers()] == ["first", "extra"]
+    assert [layer.name for layer in backend.layers()] == ["extra"]
     two = torch.zeros(2, 3, 2, 2)
-    with pytest.raises(
-        featvis.LayoutError, match=r"'first' returned .* \(1, 3, 2, 2\).*batch of 2"
-    ):
+    with pytest.raises(featvis.UnknownLayerError, match=r"'first' .*no axis .* follows the batch"):
         backend.activations(two, "first")
     with pytest.raises(featvis.ModelError, match="'extra' did not run"):
         backend.activations(two, "extra")
-    assert backend.activations(two[:1], ["first", "extra"])["extra"].shape == (1, 3, 2, 2)
+    assert backend.activations(two[:1], ["extra"])["extra"].shape == (1, 3, 2, 2)

@@ -188,7 +188,8 @@ def test_a_model_that_raises_is_left_untouched(
     model = hygiene.watch(_raising(error))
     assert model.training
     backend = TorchBackend(model, preprocess=Preprocess(size=(8, 8)))
-    assert [layer.alias for layer in backend.layers()][2:4] == ["relu1", "other1"]
+    # Raises returns its input untouched when it does not raise: an identity.
+    assert [layer.alias for layer in backend.layers()][2:4] == ["relu1", "identity1"]
     with pytest.raises(error, match="raised by the model"):  # the model's own exception
         backend.activations(images, "conv2")
     with pytest.raises(error, match="raised by the model"):
@@ -205,7 +206,7 @@ def test_a_model_that_raises_is_left_untouched(
 def test_a_model_that_fails_on_the_listing_input_says_how_to_fix_it(hygiene: Any) -> None:
     model = hygiene.watch(seeded(lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())))
     backend = TorchBackend(model)
-    with pytest.raises(featvis.ModelError, match=r"zeros of shape \(1, 3, 224, 224\)") as info:
+    with pytest.raises(featvis.ModelError, match=r"images of shape \(1, 3, 224, 224\)") as info:
         backend.layers()
     assert "Preprocess(size=(H, W), mean=..., std=...)" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)
