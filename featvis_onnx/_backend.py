@@ -324,6 +324,31 @@ class OnnxBackend(BackendBase):
 
         return self._batched(images, run, batch_size)
 
+    # -- explanations ------------------------------------------------------------------------
+
+    def patched_scores(
+        self,
+        image: Any,
+        layer: str | Layer,
+        activations: np.ndarray,
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores of one image with ``layer``'s output replaced by each row of
+        ``activations`` (see :class:`featvis.Patchable`), from a sub-model that starts at the
+        layer: the part before it runs once; tensors that cross the cut (a skip connection)
+        are computed once and fed to every batch of replacements."""
+        from featvis_onnx._patch import patched_scores
+
+        return patched_scores(self, image, layer, activations, batch_size=batch_size)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weight and bias of the Gemm (or MatMul and Add) with constant weights that computes
+        the score output, before a final Softmax (see :class:`featvis.LinearHead`)."""
+        from featvis_onnx._patch import linear_head
+
+        return linear_head(self)
+
 
 class _OnnxLayerIndex(LayerIndex):
     """Also finds a layer by its torch module path, and explains tensors that are not layers."""

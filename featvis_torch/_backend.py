@@ -234,6 +234,30 @@ class TorchBackend(BackendBase):
 
         return differentiate(self, images, layers, objective, input=input, batch_size=batch_size)
 
+    def patched_scores(
+        self,
+        image: Any,
+        layer: str | Layer,
+        activations: np.ndarray,
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores of one image with ``layer``'s output replaced by each row of
+        ``activations`` (see :class:`featvis.Patchable`): a forward hook hands the rest of the
+        model the replacements as one batch, so the part before the layer runs once per
+        ``batch_size`` rows (all at once by default). A skip connection across the layer is
+        checked once to broadcast exactly; if it does not, the image is repeated instead."""
+        from featvis_torch._patch import patched_scores
+
+        return patched_scores(self, image, layer, activations, batch_size=batch_size)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weight and bias of the last ``nn.Linear`` that runs, if nothing with parameters runs
+        after it (see :class:`featvis.LinearHead`); else None."""
+        from featvis_torch._patch import linear_head
+
+        return linear_head(self)
+
     # -- input ---------------------------------------------------------------------------------
 
     def _place(self, first: torch.Tensor | None) -> tuple[torch.device, torch.dtype]:

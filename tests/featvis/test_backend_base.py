@@ -121,3 +121,17 @@ def test_repr_and_preprocess_check() -> None:
     assert repr(backend) == "<ArrayBackend 'array': 8 layers>"
     with pytest.raises(featvis.ArgumentError, match="featvis.Preprocess"):
         tiny_cnn(preprocess=(224, 224))  # type: ignore[arg-type]
+
+
+class TestDifferentiableArrayBackendContract(BackendContract):
+    @pytest.fixture
+    def backend(self) -> ArrayBackend:
+        return tiny_cnn(seed=1, differentiable=True)
+
+    @pytest.fixture
+    def images(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        return [
+            rng.integers(0, 256, (32, 32, 3), np.uint8),
+            rng.integers(0, 256, (40, 24, 3), np.uint8),
+        ]
