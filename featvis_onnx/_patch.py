@@ -68,7 +68,8 @@ def rest_of(g: GraphInfo, cut: str, output: str) -> tuple[onnx.ModelProto, list[
     needed: set[int] = set()
     stack = [output]
     while stack:
-        index = g.producer.get(stack.pop())
+        name = stack.pop()
+        index = None if name == cut else g.producer.get(name)  # the cut is fed, not computed
         if index is not None and index not in needed:
             needed.add(index)
             stack.extend(g.reads[index])
