@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     backends.set_defaults(run=_cmd_backends)
     models = commands.add_parser("models", help="list the models that can be named")
     models.set_defaults(run=_cmd_models)
+    from featvis.cli._explain import add_explain
+
+    add_explain(commands)
     return parser
 
 
