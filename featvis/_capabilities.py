@@ -239,7 +239,7 @@ class Patchable(Scorer, Protocol):
         self,
         image: Images,
         layer: str | Layer,
-        activations: np.ndarray,
+        activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
         *,
         batch_size: int | None = None,
     ) -> np.ndarray:
@@ -251,9 +251,12 @@ class Patchable(Scorer, Protocol):
         image : image, or ndarray of shape (1, C, H, W)
             One image, as for :meth:`featvis.Backend.activations`.
         layer : str or Layer
-        activations : ndarray, shape (M, C, H, W)
+        activations : ndarray of shape (M, C, H, W), or callable
             Replacements, in the NCHW shape :meth:`~featvis.Backend.activations` returns for
-            the layer. Row ``i`` gives row ``i`` of the result.
+            the layer; row ``i`` gives row ``i`` of the result. A callable is called once,
+            during the pass, with the layer's own ``(1, C, H, W)`` activation for the image,
+            and returns the replacements: a method that builds them from the activation
+            (Ablation-CAM) then runs the part before the layer once in all.
         batch_size : int, optional
             Replacements per pass through the rest of the model.
 

@@ -160,3 +160,21 @@ class CapabilityContract:
         np.testing.assert_allclose(patched[2], scores[0], rtol=1e-4, atol=1e-4)
         alone = patchable.patched_scores(images[0], layer.name, zeros, batch_size=1)
         np.testing.assert_allclose(patched[1], alone[0], rtol=1e-4, atol=1e-4)
+
+    def test_patching_with_a_function_of_the_layers_own_output(
+        self, backend: Any, images: Any
+    ) -> None:
+        patchable = _need(backend, Patchable)
+        layer = _spatial_layer(patchable)
+        acts = patchable.activations(images[1], layer.name)
+        seen: list[np.ndarray] = []
+
+        def halves(own: np.ndarray) -> np.ndarray:
+            seen.append(own)
+            return np.concatenate([own, own * np.float32(0.5)])
+
+        called = patchable.patched_scores(images[1], layer.name, halves)
+        assert len(seen) == 1, "called once, with the layer's own output"
+        np.testing.assert_allclose(seen[0], acts, rtol=1e-4, atol=1e-5)
+        given = patchable.patched_scores(images[1], layer.name, halves(acts))
+        np.testing.assert_allclose(called, given, rtol=1e-4, atol=1e-4)

@@ -125,7 +125,7 @@ class ArrayBackend(BackendBase):
         self,
         image: Any,
         layer: str | Layer,
-        activations: np.ndarray,
+        activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
         *,
         batch_size: int | None = None,
     ) -> np.ndarray:
@@ -137,6 +137,8 @@ class ArrayBackend(BackendBase):
             raise ArgumentError(f"patched_scores takes one image, got {len(x)}.")
         for step in self.steps[: found.index + 1]:
             x = step.fn(x)
+        if callable(activations):
+            activations = activations(as_nchw(np.array(x, copy=True)))
         replacements = np.asarray(activations, np.float32)
         if replacements.ndim != 4 or replacements.shape[1:] != as_nchw(x).shape[1:]:
             raise ArgumentError(

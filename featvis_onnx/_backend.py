@@ -330,7 +330,7 @@ class OnnxBackend(BackendBase):
         self,
         image: Any,
         layer: str | Layer,
-        activations: np.ndarray,
+        activations: Any,
         *,
         batch_size: int | None = None,
     ) -> np.ndarray:

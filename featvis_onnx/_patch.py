@@ -18,6 +18,7 @@ is run one replacement at a time (still without running the part before the cut 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +159,7 @@ def patched_scores(
     backend: OnnxBackend,
     image: Any,
     layer: str | Layer,
-    activations: np.ndarray,
+    activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
     *,
     batch_size: int | None = None,
 ) -> np.ndarray:
@@ -171,19 +172,21 @@ def patched_scores(
         )
     if tensor_plan.rank == 4:
         tensor_plan.check_layout()
-    rows = np.asarray(activations, np.float32)
     batch = backend._prepare(image)
     if len(batch) != 1:
         raise ArgumentError(f"patched_scores takes one image, got a batch of {len(batch)}.")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    rest = _rest(backend, found)
+    before = backend._run_tensors(batch, [rest.cut, *rest.crossing])  # the part before, once
+    own = before[0]
+    if callable(activations):
+        activations = activations(tensor_plan.convert(own))
+    rows = np.asarray(activations, np.float32)
     if rows.ndim != 4 or len(rows) == 0:
         raise ArgumentError(
             f"Replacements are an (M, C, H, W) array as activations() returns, got {rows.shape}."
         )
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    rest = _rest(backend, found)
-    before = backend._run_tensors(batch, [rest.cut, *rest.crossing])
-    own = before[0]
     if tensor_plan.convert(own).shape[1:] != rows.shape[1:]:
         raise ArgumentError(
             f"Replacements of shape {rows.shape} do not fit layer {found.name!r}, whose "

@@ -238,7 +238,7 @@ class TorchBackend(BackendBase):
         self,
         image: Any,
         layer: str | Layer,
-        activations: np.ndarray,
+        activations: Any,
         *,
         batch_size: int | None = None,
     ) -> np.ndarray:

@@ -14,6 +14,7 @@ plain way is used, which is exact for any model in eval mode.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from torch import nn
 
 from featvis import ArgumentError, CapabilityError, Layer, ModelError
 from featvis._capabilities import as_scores
-from featvis_torch._capture import NCL, Extraction, first_tensor
+from featvis_torch._capture import NCL, Extraction, first_tensor, to_host
+from featvis_torch._gradients import nchw
 
 if TYPE_CHECKING:
     from featvis_torch._backend import TorchBackend
@@ -54,9 +56,19 @@ def _raw(replacement: np.ndarray, like: torch.Tensor, layout: str) -> torch.Tens
     return tensor.to(device=like.device, dtype=like.dtype)
 
 
-def _run(backend: TorchBackend, batch: Any, site: Any, rows: np.ndarray, mode: str) -> np.ndarray:
+def _run(
+    backend: TorchBackend,
+    batch: Any,
+    site: Any,
+    rows: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    mode: str,
+    size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: the scores of the first ``size`` replacements (all by default), and all the
+    replacements (built by ``rows`` from the layer's own output when it is a callable)."""
     model = backend.model
     calls = [0]
+    built: list[np.ndarray] = [] if callable(rows) else [rows]
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
         calls[0] += 1
@@ -67,20 +79,40 @@ def _run(backend: TorchBackend, batch: Any, site: Any, rows: np.ndarray, mode: s
                 "This layer returns a tuple or another structure, not one tensor; featvis can "
                 "replace only a layer's single output tensor."
             )
-        return _raw(rows, output, site.layout)
+        if callable(rows):
+            own = to_host(nchw(output.detach(), site.layout))
+            built.append(_checked(rows(own), own.shape))
+        part = built[0] if size is None else built[0][:size]
+        return _raw(part, output, site.layout)
 
     with Extraction(model, backend._lock, tree=backend._tree) as extraction:
         x = backend._input(batch, extraction.first)
         if mode == REPEAT:
-            x = x.expand(len(rows), *x.shape[1:]).contiguous()
+            if callable(rows):
+                raise RuntimeError("the repeat mode needs the replacements first")
+            x = x.expand(len(rows) if size is None else min(size, len(rows)), *x.shape[1:])
+            x = x.contiguous()
         extraction.handles.append(site.module.register_forward_hook(hook))
         out = first_tensor(model(x))
     if out is None or out.is_complex():
         raise ModelError("The model does not return a tensor of class scores.")
-    return as_scores(out.detach().to("cpu", torch.float32).numpy(), len(rows), "The model")
+    if not built:
+        raise ModelError("The layer did not run in this forward pass.")
+    n = len(built[0]) if size is None else min(size, len(built[0]))
+    return as_scores(out.detach().to("cpu", torch.float32).numpy(), n, "The model"), built[0]
 
 
-def _mode(backend: TorchBackend, batch: Any, layer: Layer, site: Any, probe: np.ndarray) -> str:
+def _checked(rows: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    array = np.asarray(rows, dtype=np.float32)
+    if array.ndim != 4 or len(array) == 0 or (shape is not None and array.shape[1:] != shape[1:]):
+        raise ArgumentError(
+            f"Replacements are an (M, C, H, W) array as activations() returns"
+            f"{'' if shape is None else f' ({shape[1:]} here)'}, got shape {array.shape}."
+        )
+    return array
+
+
+def _mode(backend: TorchBackend, batch: Any, layer: Layer, site: Any) -> str:
     """Whether broadcasting the batch-1 prefix gives the scores the image repeated gives."""
     try:
         known = _modes.setdefault(backend, {})
@@ -88,10 +120,11 @@ def _mode(backend: TorchBackend, batch: Any, layer: Layer, site: Any, probe: np.
         known = {}
     mode = known.get(layer.name)
     if mode is None:
-        two = np.concatenate([probe, probe * np.float32(0.5)])
-        exact = _run(backend, batch, site, two, REPEAT)
+        own = backend.activations(batch, layer)
+        two = np.concatenate([own, own * np.float32(0.5)])
+        exact, _ = _run(backend, batch, site, two, REPEAT)
         try:
-            fast = _run(backend, batch, site, two, BROADCAST)
+            fast, _ = _run(backend, batch, site, two, BROADCAST)
             same = np.allclose(fast, exact, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(exact).max()))
         except (RuntimeError, ValueError, ModelError):  # shapes that do not broadcast
             same = False
@@ -103,7 +136,7 @@ def patched_scores(
     backend: TorchBackend,
     image: Any,
     layer: str | Layer,
-    activations: np.ndarray,
+    activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
     *,
     batch_size: int | None = None,
 ) -> np.ndarray:
@@ -113,20 +146,17 @@ def patched_scores(
     batch = backend._prepare(image)
     if len(batch) != 1:
         raise ArgumentError(f"patched_scores takes one image, got a batch of {len(batch)}.")
-    rows = np.asarray(activations, dtype=np.float32)
-    if rows.ndim != 4 or len(rows) == 0:
-        raise ArgumentError(
-            f"Replacements are an (M, C, H, W) array as activations() returns, got shape "
-            f"{rows.shape}."
-        )
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    mode = _mode(backend, batch, found, site, rows[:1])
-    size = batch_size or len(rows)
-    parts = [
-        _run(backend, batch, site, rows[start : start + size], mode)
-        for start in range(0, len(rows), size)
-    ]
+    rows = activations if callable(activations) else _checked(activations)
+    mode = _mode(backend, batch, found, site)
+    if mode == REPEAT and callable(rows):
+        rows = _checked(rows(backend.activations(batch, found)))
+    first, built = _run(backend, batch, site, rows, mode, batch_size)
+    parts = [first]
+    size = batch_size or len(built)
+    for start in range(size, len(built), size):
+        parts.append(_run(backend, batch, site, built[start : start + size], mode)[0])
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

@@ -132,46 +132,78 @@ def ablationcam(req: MethodRequest) -> MethodResult:
     explained score and ``y_k`` the score with channel ``k`` of the layer set to zero; the map
     is ``ReLU(sum_k w_k A_k)``.
 
-    The part of the model before the layer runs once per image; the rest runs on a batch of
-    ablated copies of the layer's output (:meth:`featvis.Patchable.patched_scores`). A channel
-    that is already all zero changes nothing when ablated: its weight is 0 without a pass.
-    pytorch-grad-cam sets an ablated channel to the layer's minimum minus 1e7 when the
-    layer has negative values; featvis always sets it to zero, as the paper does (the same
-    map after a ReLU, where both set zero).
+    The part of the model before the layer runs once per image: the ablated copies of the
+    layer's output are built from it during that pass and the rest of the model runs on them
+    in a batch (:meth:`featvis.Patchable.patched_scores`); the unablated copy, row 0, gives
+    ``y`` (and the predicted class), so no other forward pass runs. A channel that is already
+    all zero changes nothing when ablated: its weight is 0 without a pass.
+    pytorch-grad-cam sets an ablated channel to the layer's minimum minus 1e7 when the layer
+    has negative values; featvis always sets it to zero, as the paper does (the same map
+    after a ReLU, where both set zero).
     """
-    backend = require(req.backend, Patchable, needed_for="method 'ablationcam'")
-    _, acts, scores = _setup(req)
-    targets = req.targets.resolve(scores)
-    n, c, h, w = acts.shape
+    backend: Any = require(req.backend, Patchable, needed_for="method 'ablationcam'")
     assert req.layer is not None
-    per_pass = max(1, ABLATION_BYTES // max(1, acts[0].nbytes))
+    n = len(req.batch)
     groups = distinct_images(req.batch)
-    raw = np.zeros((n, h, w), np.float32)
-    live_by_group = [np.flatnonzero(np.any(acts[g[0]] != 0, axis=(1, 2))) for g in groups]
-    with progress_bar(sum(map(len, live_by_group)), req.progress, "ablationcam") as bar:
-        for group, live in zip(groups, live_by_group):
-            a = acts[group[0]]
-            image = req.batch[group[0] : group[0] + 1]
-            rows = [-1, *live.tolist()]  # -1: the layer as it is, the baseline
-            results = []
-            for part in chunks(len(rows), per_pass):
-                copies = np.repeat(a[None], part.stop - part.start, axis=0)
-                for j, k in enumerate(rows[part]):
-                    if k >= 0:
-                        copies[j, k] = 0.0
-                results.append(
-                    backend.patched_scores(image, req.layer, copies, batch_size=req.batch_size)
+    shape = req.layer.output_shape
+    dims = [d for d in (shape or ())[1:] if d is not None]
+    # All the ablated copies of an image in one pass when they fit (and the shape is known).
+    one_pass = len(dims) == 3 and (1 + dims[0]) * 4 * int(np.prod(dims)) <= ABLATION_BYTES
+    acts = (
+        None if one_pass else backend.activations(req.batch, req.layer, batch_size=req.batch_size)
+    )
+    patched_by_image: dict[int, np.ndarray] = {}
+    layer_acts: dict[int, np.ndarray] = {}
+
+    def ablated(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        live = np.flatnonzero(np.any(a != 0, axis=(1, 2)))
+        rows = np.repeat(a[None], 1 + len(live), axis=0)
+        rows[np.arange(1, 1 + len(live)), live] = 0.0  # row 0: the layer as it is
+        return rows, live
+
+    with progress_bar(len(groups), req.progress, "ablationcam") as bar:
+        for group in groups:
+            first = group[0]
+            image = req.batch[first : first + 1]
+            if one_pass:
+
+                def build(own: np.ndarray, _first: int = first) -> np.ndarray:
+                    layer_acts[_first] = own[0]
+                    return ablated(own[0])[0]
+
+                patched = backend.patched_scores(image, req.layer, build, batch_size=req.batch_size)
+            else:
+                assert acts is not None
+                layer_acts[first] = acts[first]
+                rows, _ = ablated(acts[first])
+                per_pass = max(1, ABLATION_BYTES // max(1, acts[first].nbytes))
+                patched = np.concatenate(
+                    [
+                        backend.patched_scores(
+                            image, req.layer, rows[part], batch_size=req.batch_size
+                        )
+                        for part in chunks(len(rows), per_pass)
+                    ]
                 )
-                if bar is not None:
-                    bar.update(len(copies) - (part.start == 0))
-            patched = np.concatenate(results).astype(np.float64)
-            for i in group:
-                t = targets.weights[i].astype(np.float64)
-                values = patched @ t
-                base, ablated = values[0], values[1:]
-                weights = np.zeros(c)
-                if base != 0:
-                    weights[live] = (base - ablated) / base
-                cam = np.einsum("c,chw->hw", weights, a.astype(np.float64))
-                raw[i] = np.maximum(cam, 0.0)
+            patched_by_image[first] = patched
+            if bar is not None:
+                bar.update(1)
+    baseline = np.zeros((n, patched_by_image[groups[0][0]].shape[1]), np.float32)
+    for group in groups:
+        baseline[group] = patched_by_image[group[0]][0]
+    scores = req.scores if req.scores is not None else baseline
+    targets = req.targets.resolve(scores)
+    h, w = layer_acts[groups[0][0]].shape[1:]
+    raw = np.zeros((n, h, w), np.float32)
+    for group in groups:
+        a = layer_acts[group[0]]
+        live = np.flatnonzero(np.any(a != 0, axis=(1, 2)))  # as ablated() chose them
+        values_all = patched_by_image[group[0]].astype(np.float64)
+        for i in group:
+            values = values_all @ targets.weights[i].astype(np.float64)
+            base, drops = values[0], values[1:]
+            weights = np.zeros(len(a))
+            if base != 0:
+                weights[live] = (base - drops) / base
+            raw[i] = np.maximum(np.einsum("c,chw->hw", weights, a.astype(np.float64)), 0.0)
     return MethodResult(raw, targets, targets.values(scores))
