@@ -111,7 +111,8 @@ class Lite0:
         return run
 
     def explain(self, backend: object, n: int, method: str, **options: object) -> Callable:
-        x, classes = self.x[:n], self.classes[:n]
+        x = self.x[:n]
+        classes = None if method == "eigencam" else self.classes[:n]
         return lambda: featvis.explain(backend, x, method=method, target=classes, **options)
 
 

@@ -181,7 +181,10 @@ class Explanation:
                 raise ArgumentError("This explanation keeps no images; pass images=[...].")
             sources: list[Any] = list(self.images)
         else:
-            sources = list(images) if isinstance(images, (list, tuple)) else [images]
+            many = isinstance(images, (list, tuple)) or (
+                isinstance(images, np.ndarray) and images.ndim == 4
+            )
+            sources = list(images) if many else [images]
             if len(sources) != len(self):
                 raise ArgumentError(
                     f"{len(sources)} image(s) given to draw {len(self)} explanation(s)."
