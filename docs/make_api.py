@@ -36,8 +36,19 @@ GROUPS = {
         "Differentiable",
         "Objective",
         "Gradients",
+        "Patchable",
+        "LinearHead",
         "OnnxExportable",
         "require",
+    ],
+    "Explanations (see [explain.md](explain.md))": [
+        "explain",
+        "Explanation",
+        "default_layer",
+        "list_methods",
+        "Method",
+        "MethodRequest",
+        "MethodResult",
     ],
     "Layers": ["Layer", "KINDS", "number_layers", "layer_table", "LayerTable"],
     "Images in": ["read_image", "prepare_images", "IMAGENET_MEAN", "IMAGENET_STD"],
@@ -141,8 +152,11 @@ def _backends() -> list[str]:
     entries = [
         ("featvis_torch.TorchBackend", TorchBackend),
         ("featvis_torch.TorchBackend.to_onnx", TorchBackend.to_onnx),
+        ("featvis_torch.TorchBackend.gradients", TorchBackend.gradients),
+        ("featvis_torch.TorchBackend.patched_scores", TorchBackend.patched_scores),
         ("featvis_torch.models.efficientnet_lite0", models.efficientnet_lite0),
         ("featvis_onnx.OnnxBackend", OnnxBackend),
+        ("featvis_onnx.OnnxBackend.patched_scores", OnnxBackend.patched_scores),
     ]
     for name, obj in entries:
         signature = _signature(name, obj)

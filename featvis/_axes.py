@@ -246,6 +246,47 @@ class Placement:
             array = array[..., prefix:]
         return np.ascontiguousarray(array, dtype=np.float32).reshape(nchw)
 
+    def native(
+        self,
+        rows: np.ndarray,
+        shape: Sequence[int],
+        image_size: tuple[int, int] | None = None,
+        *,
+        batch: int = 1,
+    ) -> np.ndarray:
+        """The inverse of :meth:`apply`: ``rows``, an ``(M, C, H, W)`` array for ``M`` images,
+        as the native tensor of ``M`` images, given ``shape``, the layer's native shape for
+        ``batch`` images.
+
+        What replaces a layer's output (Ablation-CAM, patched scores) is built in NCHW and
+        handed back to the model in its own layout with this.
+
+        Raises
+        ------
+        ArgumentError
+            If ``rows`` is not the NCHW form of this layer's output, or the layer's NCHW form
+            drops part of the tensor (a class token), which then cannot be rebuilt.
+        """
+        expanded, order, prefix, nchw = self.steps(shape, batch, image_size)
+        if prefix:
+            raise ArgumentError(
+                f"the layer's NCHW form leaves out {prefix} entries of its native tensor (a "
+                "class token), so a replacement cannot be put back in its place"
+            )
+        if rows.ndim != 4 or tuple(rows.shape[1:]) != tuple(nchw[1:]):
+            raise ArgumentError(
+                f"replacements of shape {rows.shape} are not the layer's NCHW form, "
+                f"(M, {', '.join(map(str, nchw[1:]))})"
+            )
+        dims = list(expanded or shape)
+        permuted = [len(rows), *(dims[axis] for axis in order[1:])]
+        native = rows.reshape(permuted).transpose(np.argsort(order))
+        if self.split is not None:
+            axis, _ = self.split  # (N, k) or (k, N): merged back as they were split
+            merged = native.shape[axis] * native.shape[axis + 1]
+            native = native.reshape(*native.shape[:axis], merged, *native.shape[axis + 2 :])
+        return np.ascontiguousarray(native)
+
 
 def _product(dims: Sequence[Dim]) -> Dim:
     total = 1

@@ -6,7 +6,9 @@ reach for a member no protocol declares::
 
     Backend                   layers, activations (every backend)
     ├── Scorer                class scores from the model's own output
-    │   └── Differentiable    gradients of a per-image scalar with respect to layers and input
+    │   ├── Differentiable    gradients of a per-image scalar with respect to layers and input
+    │   └── Patchable         scores with one layer's output replaced (the rest of the model)
+    ├── LinearHead            the fully connected layer that computes the scores
     └── OnnxExportable        writes the model as an ONNX file
 
 A method that needs a capability the backend lacks raises :class:`CapabilityError`, which names
@@ -34,8 +36,10 @@ from featvis._layers import Layer
 __all__ = [
     "Differentiable",
     "Gradients",
+    "LinearHead",
     "Objective",
     "OnnxExportable",
+    "Patchable",
     "ScoreKind",
     "Scorer",
     "as_scores",
@@ -221,6 +225,68 @@ class Differentiable(Scorer, Protocol):
 
 
 @runtime_checkable
+class Patchable(Scorer, Protocol):
+    """A backend that can run the rest of the model from a layer's output that featvis gives.
+
+    What Ablation-CAM needs (and activation patching in general): the scores of one image when
+    the output of ``layer`` is replaced by each of several arrays, with the part of the model
+    before the layer run once, not once per array. A backend where something computed before
+    the layer is also read after it (a skip connection crossing the cut) must still return the
+    scores of the whole model with only that layer's output replaced.
+    """
+
+    def patched_scores(
+        self,
+        image: Images,
+        layer: str | Layer,
+        activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The ``(M, K)`` float32 scores of ``image`` with ``layer``'s output replaced by each
+        of the ``M`` rows of ``activations``.
+
+        Parameters
+        ----------
+        image : image, or ndarray of shape (1, C, H, W)
+            One image, as for :meth:`featvis.Backend.activations`.
+        layer : str or Layer
+        activations : ndarray of shape (M, C, H, W), or callable
+            Replacements, in the NCHW shape :meth:`~featvis.Backend.activations` returns for
+            the layer; row ``i`` gives row ``i`` of the result. A callable is called once,
+            during the pass, with the layer's own ``(1, C, H, W)`` activation for the image,
+            and returns the replacements: a method that builds them from the activation
+            (Ablation-CAM) then runs the part before the layer once in all.
+        batch_size : int, optional
+            Replacements per pass through the rest of the model.
+
+        Raises
+        ------
+        CapabilityError
+            If this layer's output cannot be replaced (the message says why).
+        """
+        ...
+
+
+@runtime_checkable
+class LinearHead(Protocol):
+    """A backend that can give the weights of the fully connected layer that makes its scores.
+
+    What CAM (Zhou et al., 2016) needs: for a network that ends in global average pooling and a
+    fully connected layer, the class activation map is that layer's weights applied to the last
+    spatial layer, position by position, with no gradient and no extra forward pass.
+    """
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(weight, bias)``, shapes ``(K, C)`` and ``(K,)`` float32, of the fully connected
+        layer whose output is the model's scores (before a softmax, if the model ends in one);
+        ``None`` when the model does not end in one. featvis checks numerically that the scores
+        are this layer applied to the spatial mean of the layer it explains before using it.
+        """
+        ...
+
+
+@runtime_checkable
 class OnnxExportable(Protocol):
     """A backend that can write its model as an ONNX file ``featvis.load`` opens."""
 
@@ -269,5 +335,7 @@ def require(backend: object, capability: type[_C], *, needed_for: str, works: st
 _WHAT = {
     "Scorer": "the model's class scores",
     "Differentiable": "gradients through the model",
+    "Patchable": "scores with a layer's output replaced",
+    "LinearHead": "the weights of a fully connected head",
     "OnnxExportable": "an export to ONNX",
 }

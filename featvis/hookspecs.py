@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from featvis._explain._registry import Method
     from featvis.plugins import BackendSpec, ModelSpec
 
-__all__ = ["hookimpl", "hookspec", "register_backends", "register_models"]
+__all__ = ["hookimpl", "hookspec", "register_backends", "register_methods", "register_models"]
 
 hookspec = pluggy.HookspecMarker("featvis")
 hookimpl = pluggy.HookimplMarker("featvis")
@@ -53,4 +54,23 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
     ----------
     register : callable
         Takes one :class:`featvis.ModelSpec`.
+    """
+
+
+@hookspec
+def register_methods(register: Callable[[Method], None]) -> None:
+    """Register explanation methods for :func:`featvis.explain` (``method="NAME"``).
+
+    Call ``register(Method(...))`` once per method. ``Method.run`` takes a
+    :class:`featvis.MethodRequest` (the prepared images, the layer, the targets, the
+    options) and returns a :class:`featvis.MethodResult`; it must talk to the backend
+    only through the capabilities listed in ``Method.needs`` (:class:`featvis.Scorer`,
+    :class:`featvis.Differentiable`, ...), so that it works on every backend that has them.
+    featvis's own methods (Grad-CAM, Score-CAM, occlusion...) are registered through this hook
+    too, first; a later method with a name already taken is skipped with a warning.
+
+    Parameters
+    ----------
+    register : callable
+        Takes one :class:`featvis.Method`.
     """

@@ -1,7 +1,10 @@
 """Testing helpers: a framework-free backend, and the contract every backend must pass.
 
 :class:`ArrayBackend` runs a chain of plain numpy functions, so featvis's own tests and examples
-need no framework; :func:`tiny_cnn` builds a small seeded CNN with it.
+need no framework; :func:`tiny_cnn` builds a small seeded CNN with it. With closed-form
+vector-Jacobian products on its steps, :class:`DifferentiableArrayBackend` is a
+:class:`featvis.Differentiable` backend, so the CAM formulas are tested without a framework
+(``tiny_cnn(differentiable=True)``).
 
 :class:`BackendContract` is the shared test suite. A backend's tests subclass it and provide two
 pytest fixtures, ``backend`` and ``images`` (a list of at least two images)::
@@ -29,13 +32,22 @@ from typing import Any
 
 import numpy as np
 
+from featvis import _arraygrad
 from featvis._backend import BackendBase, as_nchw
-from featvis._capabilities import ScoreKind, as_scores
-from featvis._errors import ArgumentError, FeatvisError, UnknownLayerError
+from featvis._capabilities import Gradients, Objective, ScoreKind, as_scores
+from featvis._contract_capabilities import CapabilityContract
+from featvis._errors import ArgumentError, CapabilityError, FeatvisError, UnknownLayerError
 from featvis._images import Preprocess
 from featvis._layers import KINDS, Layer, number_layers
 
-__all__ = ["DEFAULT_PREPROCESS", "ArrayBackend", "BackendContract", "Step", "tiny_cnn"]
+__all__ = [
+    "DEFAULT_PREPROCESS",
+    "ArrayBackend",
+    "BackendContract",
+    "DifferentiableArrayBackend",
+    "Step",
+    "tiny_cnn",
+]
 
 #: ArrayBackend's preprocessing unless another is given: 32x32 RGB scaled to [-1, 1].
 DEFAULT_PREPROCESS = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -43,7 +55,13 @@ DEFAULT_PREPROCESS = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0
 
 @dataclass(frozen=True)
 class Step:
-    """One layer of an :class:`ArrayBackend`: a numpy function from the previous output."""
+    """One layer of an :class:`ArrayBackend`: a numpy function from the previous output.
+
+    ``vjp(x, y, g)``, for :class:`DifferentiableArrayBackend`, returns the gradient with respect
+    to the step's input ``x`` given its output ``y`` and the gradient ``g`` with respect to it.
+    ``weights``, for a fully connected step, are its ``(K, C)`` weight and ``(K,)`` bias
+    (:meth:`ArrayBackend.linear_head`).
+    """
 
     name: str
     fn: Callable[[np.ndarray], np.ndarray]
@@ -51,6 +69,8 @@ class Step:
     type: str = "function"
     params: int = 0
     description: str = ""
+    vjp: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
+    weights: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class ArrayBackend(BackendBase):
@@ -61,7 +81,10 @@ class ArrayBackend(BackendBase):
     and every output is copied, so a step that works in place cannot change a captured value.
 
     It is a :class:`featvis.Scorer`: the last step's output is the model's scores,
-    probabilities when that step is of kind ``"prob"``.
+    probabilities when that step is of kind ``"prob"``; a :class:`featvis.Patchable` (a chain
+    has no skip connections: the steps after a layer are the rest of the model); and a
+    :class:`featvis.LinearHead` when its last step with ``weights`` is followed only by
+    parameter-free steps.
 
     Parameters
     ----------
@@ -112,6 +135,52 @@ class ArrayBackend(BackendBase):
 
         return self._batched(images, run, batch_size)
 
+    def patched_scores(
+        self,
+        image: Any,
+        layer: str | Layer,
+        activations: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores with ``layer``'s output replaced by each row of ``activations`` (see
+        :class:`featvis.Patchable`): the steps before it run once, on ``image``."""
+        found = self.layer(layer)
+        x = self._prepare(image)
+        if len(x) != 1:
+            raise ArgumentError(f"patched_scores takes one image, got {len(x)}.")
+        for step in self.steps[: found.index + 1]:
+            x = step.fn(x)
+        if callable(activations):
+            activations = activations(as_nchw(np.array(x, copy=True)))
+        replacements = np.asarray(activations, np.float32)
+        if replacements.ndim != 4 or replacements.shape[1:] != as_nchw(x).shape[1:]:
+            raise ArgumentError(
+                f"Replacements for layer {found.name!r} must be (M, *{as_nchw(x).shape[1:]}), "
+                f"got {replacements.shape}."
+            )
+        rest = self.steps[found.index + 1 :]
+        out = []
+        size = batch_size or len(replacements)
+        for start in range(0, len(replacements), size):
+            y = replacements[start : start + size].reshape(-1, *x.shape[1:]).copy()
+            for step in rest:
+                y = step.fn(y)
+            out.append(as_scores(np.array(y, copy=True), len(y), "The last step"))
+        return np.concatenate(out)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``weights`` of the last step that has them, if only parameter-free steps follow
+        it (see :class:`featvis.LinearHead`); else None."""
+        for i in range(len(self.steps) - 1, -1, -1):
+            step = self.steps[i]
+            if step.weights is not None:
+                weight, bias = step.weights
+                return np.array(weight, np.float32), np.array(bias, np.float32)
+            if step.params:
+                return None
+        return None
+
     def _list_layers(self) -> list[Layer]:
         size = self.preprocess.size or (32, 32)
         x = np.zeros((1, self.preprocess.channels, *size), np.float32)
@@ -141,6 +210,37 @@ class ArrayBackend(BackendBase):
                 if len(captured) == len(wanted):
                     break  # nothing after the last requested layer needs to run
         return [captured[layer.name] for layer in layers]
+
+
+class DifferentiableArrayBackend(ArrayBackend):
+    """An :class:`ArrayBackend` whose steps all have a ``vjp``: a
+    :class:`featvis.Differentiable` backend with exact, closed-form gradients (in float64)."""
+
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        *,
+        preprocess: Preprocess | None = None,
+        categories: Sequence[str] | None = None,
+    ) -> None:
+        missing = [step.name for step in steps if step.vjp is None]
+        if missing:
+            raise CapabilityError(f"Steps {missing} have no vjp, so they cannot be differentiated.")
+        super().__init__(steps, preprocess=preprocess, categories=categories)
+
+    def gradients(
+        self,
+        images: Any,
+        layers: Sequence[str | Layer],
+        objective: Objective,
+        *,
+        input: bool = False,
+        batch_size: int | None = None,
+    ) -> Gradients:
+        """See :meth:`featvis.Differentiable.gradients`."""
+        return _arraygrad.differentiate(
+            self, images, layers, objective, input=input, batch_size=batch_size
+        )
 
 
 # -- a tiny CNN in numpy ---------------------------------------------------------------------
@@ -175,12 +275,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBackend:
+def tiny_cnn(
+    seed: int = 0, *, preprocess: Preprocess | None = None, differentiable: bool = False
+) -> ArrayBackend:
     """A small seeded CNN as an :class:`ArrayBackend`: conv, ReLU, max pool, conv, ReLU,
     global average pool, fully connected, softmax (8 layers, 32x32 RGB input by default).
 
     The ReLUs work in place, like ``torch.nn.ReLU(inplace=True)``, so the conv outputs are only
-    right if a backend copies what it captures.
+    right if a backend copies what it captures. With ``differentiable=True`` it is a
+    :class:`DifferentiableArrayBackend` (the same model, with closed-form gradients).
 
     Examples
     --------
@@ -207,14 +310,16 @@ def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBac
             "Conv",
             w1.size + b1.size,
             "8 3x3x3 convolutions with stride [1 1] and padding [1 1]",
+            _arraygrad.conv_vjp(w1, 1),
         ),
-        Step("stem.relu", _relu, "relu", "ReLU", description="ReLU"),
+        Step("stem.relu", _relu, "relu", "ReLU", description="ReLU", vjp=_arraygrad.relu_vjp),
         Step(
             "stem.pool",
             _maxpool2,
             "pool",
             "MaxPool",
             description="2x2 max pooling with stride [2 2]",
+            vjp=_arraygrad.maxpool2_vjp,
         ),
         Step(
             "block.conv",
@@ -223,14 +328,16 @@ def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBac
             "Conv",
             w2.size + b2.size,
             "16 3x3x8 convolutions with stride [1 1] and padding [1 1]",
+            _arraygrad.conv_vjp(w2, 1),
         ),
-        Step("block.relu", _relu, "relu", "ReLU", description="ReLU"),
+        Step("block.relu", _relu, "relu", "ReLU", description="ReLU", vjp=_arraygrad.relu_vjp),
         Step(
             "gap",
             lambda x: x.mean(axis=(2, 3)),
             "pool",
             "GlobalAvgPool",
             description="global average pooling",
+            vjp=_arraygrad.gap_vjp,
         ),
         Step(
             "head",
@@ -239,20 +346,32 @@ def tiny_cnn(seed: int = 0, *, preprocess: Preprocess | None = None) -> ArrayBac
             "Linear",
             wf.size + bf.size,
             "10 fully connected layer",
+            _arraygrad.linear_vjp(wf),
+            (wf, bf),
         ),
-        Step("softmax", _softmax, "prob", "Softmax", description="softmax"),
+        Step(
+            "softmax",
+            _softmax,
+            "prob",
+            "Softmax",
+            description="softmax",
+            vjp=_arraygrad.softmax_vjp,
+        ),
     ]
-    return ArrayBackend(steps, preprocess=preprocess)
+    kind = DifferentiableArrayBackend if differentiable else ArrayBackend
+    return kind(steps, preprocess=preprocess)
 
 
 # -- the contract ----------------------------------------------------------------------------
 
 
-class BackendContract:
+class BackendContract(CapabilityContract):
     """The tests every backend must pass. Subclass it and provide ``backend`` and ``images``.
 
     ``images`` must be a list of at least two images of any kind the backend reads (arrays are
-    best: the suite checks they are not modified).
+    best: the suite checks they are not modified). A backend that is a :class:`featvis.Scorer`,
+    :class:`featvis.Differentiable` or :class:`featvis.Patchable` is also checked on those
+    (the checks of a capability it lacks are reported as skipped).
     """
 
     def test_layers_are_numbered_with_unique_names_and_aliases(self, backend: Any) -> None:

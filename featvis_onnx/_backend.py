@@ -375,6 +375,31 @@ class OnnxBackend(BackendBase):
 
         return self._batched(images, run, batch_size)
 
+    # -- explanations ------------------------------------------------------------------------
+
+    def patched_scores(
+        self,
+        image: Any,
+        layer: str | Layer,
+        activations: Any,
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores of one image with ``layer``'s output replaced by each row of
+        ``activations`` (see :class:`featvis.Patchable`), from a sub-model that starts at the
+        layer: the part before it runs once; tensors that cross the cut (a skip connection)
+        are computed once and fed to every batch of replacements."""
+        from featvis_onnx._patch import patched_scores
+
+        return patched_scores(self, image, layer, activations, batch_size=batch_size)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weight and bias of the Gemm (or MatMul and Add) with constant weights that computes
+        the score output, before a final Softmax (see :class:`featvis.LinearHead`)."""
+        from featvis_onnx._patch import linear_head
+
+        return linear_head(self)
+
 
 class _OnnxLayerIndex(LayerIndex):
     """Also finds a layer by its torch module path (names and aliases come first)."""
@@ -411,6 +436,21 @@ class _Conversion:
         self.placement = placement
         self.quantization = quantization
 
+    def placement_for(
+        self, raw: np.ndarray, batch: int, image_size: tuple[int, int], layer: Layer
+    ) -> Placement | LayoutError:
+        """The placement of the tensor: the one found when the layers were listed, or where
+        shape inference lost it, the convention applied to what came back."""
+        if self.placement is not None:
+            return self.placement
+        found = place(raw.shape, ["?"] * raw.ndim, image_size=image_size, batch=batch)
+        if not isinstance(found, Placement):
+            return LayoutError(
+                f"Layer {layer.name!r} ({layer.alias}) gave a tensor of shape "
+                f"{raw.shape} for a batch of {batch}: {found.reason}."
+            )
+        return found
+
     def convert(
         self, raw: np.ndarray, batch: int, image_size: tuple[int, int], layer: Layer
     ) -> np.ndarray | FeatvisError:
@@ -421,15 +461,9 @@ class _Conversion:
                 f"Tensor {self.name!r} holds {raw.dtype} values with no known quantization; "
                 "featvis shows float activations and dequantizable integer ones."
             )
-        placement = self.placement
-        if placement is None:  # shape inference lost it: the convention, on what came back
-            found = place(raw.shape, ["?"] * raw.ndim, image_size=image_size, batch=batch)
-            if not isinstance(found, Placement):
-                return LayoutError(
-                    f"Layer {layer.name!r} ({layer.alias}) gave a tensor of shape "
-                    f"{raw.shape} for a batch of {batch}: {found.reason}."
-                )
-            placement = found
+        placement = self.placement_for(raw, batch, image_size, layer)
+        if isinstance(placement, LayoutError):
+            return placement
         try:
             return placement.apply(raw, batch, image_size)
         except ArgumentError as exc:

@@ -8,6 +8,7 @@ import io
 import itertools
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from featvis import (
     prepare_images,
 )
 from featvis._axes import Placement
-from featvis._capabilities import ScoreKind, as_scores
+from featvis._capabilities import Gradients, Objective, ScoreKind, as_scores
 from featvis._layers import CALL_SEPARATOR
 from featvis_torch._capture import (
     Capture,
@@ -193,6 +194,67 @@ class TorchBackend(BackendBase):
             return as_scores(out.detach().to("cpu", torch.float32).numpy(), len(x), "The model")
 
         return self._batched(images, run, batch_size)
+
+    # -- gradients -----------------------------------------------------------------------------
+
+    def gradients(
+        self,
+        images: Any,
+        layers: Sequence[str | Layer],
+        objective: Objective,
+        *,
+        input: bool = False,
+        batch_size: int | None = None,
+    ) -> Gradients:
+        """Activations of ``layers`` and the gradients of ``objective`` with respect to them
+        (and to the prepared input with ``input=True``): see :class:`featvis.Differentiable`.
+
+        ``torch.autograd.grad`` is used, never ``.backward()``: no parameter's ``.grad`` or
+        ``requires_grad`` changes. Without ``input=True`` the part of the model before the
+        first layer asked for runs without recording a graph, and the backward pass stops
+        there. An in-place operation after a layer (``ReLU(inplace=True)``) changes neither its
+        activation nor its gradient. Hooks and training flags are restored as for
+        :meth:`activations`, also when the model or the objective raises.
+
+        Examples
+        --------
+        >>> import numpy as np, torch, featvis
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+        ...                             torch.nn.LazyLinear(2))
+        >>> _ = model(torch.zeros(1, 3, 8, 8))  # materialize the lazy layer
+        >>> backend = featvis.load(model, preprocess=featvis.Preprocess(size=(8, 8)))
+        >>> first = featvis.Objective.linear(np.float32([[1.0, 0.0]]))  # the score of class 0
+        >>> g = backend.gradients(np.zeros((8, 8, 3), np.uint8), ["0"], first)
+        >>> g.activations["0"].shape, g.gradients["0"].shape, g.output.shape
+        ((1, 4, 6, 6), (1, 4, 6, 6), (1, 2))
+        """
+        from featvis_torch._gradients import differentiate
+
+        return differentiate(self, images, layers, objective, input=input, batch_size=batch_size)
+
+    def patched_scores(
+        self,
+        image: Any,
+        layer: str | Layer,
+        activations: Any,
+        *,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores of one image with ``layer``'s output replaced by each row of
+        ``activations`` (see :class:`featvis.Patchable`): a forward hook hands the rest of the
+        model the replacements as one batch, so the part before the layer runs once per
+        ``batch_size`` rows (all at once by default). A skip connection across the layer is
+        checked once to broadcast exactly; if it does not, the image is repeated instead."""
+        from featvis_torch._patch import patched_scores
+
+        return patched_scores(self, image, layer, activations, batch_size=batch_size)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weight and bias of the last ``nn.Linear`` that runs, if nothing with parameters runs
+        after it (see :class:`featvis.LinearHead`); else None."""
+        from featvis_torch._patch import linear_head
+
+        return linear_head(self)
 
     # -- input ---------------------------------------------------------------------------------
 

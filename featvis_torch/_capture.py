@@ -34,7 +34,9 @@ __all__ = [
     "first_tensor",
     "first_weight",
     "lock_for",
+    "nchw_view",
     "take",
+    "to_host",
 ]
 
 
@@ -66,6 +68,28 @@ def first_weight(model: nn.Module) -> torch.Tensor | None:
     return next(itertools.chain(model.parameters(), model.buffers()), None)
 
 
+def nchw_view(
+    tensor: torch.Tensor, placement: Placement, batch: int, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """``tensor`` (holding ``batch`` images) as NCHW by reshapes, a permutation and a slice:
+    autograd follows it, so the gradients of a layer are taken in the same form as its
+    activations.
+
+    Raises
+    ------
+    ArgumentError
+        If the tensor's rank or batch is not what the placement was made for.
+    """
+    if placement.identity and tensor.dim() == 4 and tensor.shape[0] == batch:
+        return tensor
+    expanded, order, prefix, nchw = placement.steps(tuple(tensor.shape), batch, image_size)
+    view = tensor if expanded is None else tensor.reshape(expanded)
+    view = view.permute(order)
+    if prefix:
+        view = view.narrow(-1, prefix, view.shape[-1] - prefix)
+    return view.reshape(nchw)
+
+
 def take(
     tensor: torch.Tensor, placement: Placement, batch: int, image_size: tuple[int, int]
 ) -> np.ndarray:
@@ -89,6 +113,13 @@ def take(
     # copy_ converts the dtype, gathers any strides and, from a GPU, waits for the transfer
     # (non_blocking=False) before returning, so the array is complete when it is read.
     torch.from_numpy(out).view(view.shape).copy_(view.detach(), non_blocking=False)
+    return out
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 numpy copy of ``tensor`` (any device, dtype and strides), detached."""
+    out = np.empty(tuple(tensor.shape), np.float32)
+    torch.from_numpy(out).copy_(tensor.detach(), non_blocking=False)
     return out
 
 

@@ -53,6 +53,44 @@ def test_roles_give_nchw(shape: tuple, roles: tuple, expected: tuple, transform:
     np.testing.assert_array_equal(out, transform(array))  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(
+    ("one", "roles"),
+    [
+        ((1, 3, 4, 5), ("N", "F", "H", "W")),
+        ((1, 4, 5, 3), ("N", "H", "W", "F")),
+        ((7, 1, 6), ("W", "N", "F")),
+        ((7, 2, 1, 6), ("W", "F", "N", "F")),
+        ((1, 3, 16, 8), ("N", "F", "L", "F")),
+        ((1, 5), ("N", "F")),
+        ((3, 5), (Merged("F", True), "F")),  # (N * 3, C), images first
+        ((3, 5), (Merged("F", False), "F")),  # (3 * N, C), images last
+    ],
+)
+def test_native_puts_nchw_replacements_back_in_the_layers_own_layout(
+    one: tuple, roles: tuple
+) -> None:
+    """What Ablation-CAM hands back to a model: M rows in NCHW become the tensor of M images
+    the model would have made, and reading it again gives the rows."""
+    placement = placed(one, roles, image_size=(16, 16), batch=1)
+    rows = RNG.normal(size=(4, *placement.shape(one, batch=1)[1:])).astype(np.float32)
+    native = placement.native(rows, one, (16, 16))
+    grown = [
+        4 * size if role == "N" or isinstance(role, Merged) else size
+        for size, role in zip(one, roles)
+    ]
+    assert native.shape == tuple(grown)
+    np.testing.assert_array_equal(placement.apply(native, 4, (16, 16)), rows)
+    with pytest.raises(featvis.ArgumentError, match="not the layer's NCHW form"):
+        placement.native(rows[:, :1, :1], one, (16, 16))
+
+
+def test_native_refuses_a_layer_whose_class_token_was_set_aside() -> None:
+    placement = placed((1, 197, 8), ("N", "L", "F"), image_size=(224, 224))
+    rows = np.zeros((2, 8, 14, 14), np.float32)
+    with pytest.raises(featvis.ArgumentError, match="class token"):
+        placement.native(rows, (1, 197, 8), (224, 224))
+
+
 def test_a_token_grid_becomes_a_map_and_the_class_token_is_set_aside() -> None:
     grid = RNG.normal(size=(2, 14, 14, 8)).astype(np.float32)  # NHWC
     cls = RNG.normal(size=(2, 1, 8)).astype(np.float32)

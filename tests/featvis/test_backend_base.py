@@ -136,3 +136,17 @@ def test_a_layer_is_asked_for_by_its_index_in_the_table() -> None:
     both = backend.activations(image, [-1, "conv1"])
     assert list(both) == [-1, "conv1"] and both[-1].shape == (1, 10, 1, 1)
     assert backend.layer(3).alias == "conv2"
+
+
+class TestDifferentiableArrayBackendContract(BackendContract):
+    @pytest.fixture
+    def backend(self) -> ArrayBackend:
+        return tiny_cnn(seed=1, differentiable=True)
+
+    @pytest.fixture
+    def images(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        return [
+            rng.integers(0, 256, (32, 32, 3), np.uint8),
+            rng.integers(0, 256, (40, 24, 3), np.uint8),
+        ]

@@ -2,8 +2,10 @@
 
 Every ``nn.Module`` (or TorchBackend) a test receives from a fixture is snapshotted before the
 test and compared after it: every module's ``training`` flag, every parameter and buffer (same
-object, device, dtype, values), every hook dict of every module, and torch's global hooks. A
-model a test builds itself is checked the same way once passed to ``hygiene.watch(model)``.
+object, device, dtype, ``requires_grad``, values), every parameter's ``.grad`` (same object and
+values, or still None), every hook dict of every module, torch's global hooks, and the grad
+mode. A model a test builds itself is checked the same way once passed to
+``hygiene.watch(model)``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def _same_values(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return torch.equal(a, b)
 
 
+def _grad(t: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+    """A parameter's accumulated gradient: its identity and a copy of its values."""
+    return None if t.grad is None else (id(t.grad), t.grad.detach().clone())
+
+
 class Snapshot:
     """Everything about a model that featvis promises not to change."""
 
@@ -78,6 +85,7 @@ class Snapshot:
             name: (id(t), t.device, t.dtype, t.requires_grad, _values(t))
             for name, t in [*model.named_parameters(), *model.named_buffers()]
         }
+        self.grads = {name: _grad(t) for name, t in model.named_parameters()}
 
     def check(self) -> None:
         model = self.model
@@ -92,6 +100,13 @@ class Snapshot:
             t = tensors[name]
             assert (id(t), t.device, t.dtype, t.requires_grad) == (ident, device, dtype, grad), name
             assert _same_values(_values(t), values), f"{name} changed"
+        for name, t in model.named_parameters():
+            before, now = self.grads[name], _grad(t)
+            assert (before is None) == (now is None), f"{name}.grad appeared or vanished"
+            if before is not None and now is not None:
+                assert before[0] == now[0] and torch.equal(before[1], now[1]), (
+                    f"{name}.grad changed"
+                )
 
 
 class Hygiene:
@@ -100,6 +115,7 @@ class Hygiene:
     def __init__(self) -> None:
         self.snapshots: dict[int, Snapshot] = {}
         self.global_hooks = _global_hooks()
+        self.modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
 
     def watch(self, model: Any) -> Any:
         """Watch ``model`` (a module or a TorchBackend) from now on; returns it."""
@@ -110,6 +126,8 @@ class Hygiene:
 
     def check(self) -> None:
         assert _global_hooks() == self.global_hooks, "torch's global hooks changed"
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        assert modes == self.modes, "the grad mode or inference mode changed"
         for snapshot in self.snapshots.values():
             snapshot.check()
 

@@ -1,0 +1,299 @@
+"""featvis.explain(): one call from a backend and images to an :class:`Explanation`."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+import numpy as np
+
+from featvis._backend import Backend
+from featvis._capabilities import Scorer, require
+from featvis._errors import ArgumentError
+from featvis._explain._common import upsample
+from featvis._explain._explanation import Explanation
+from featvis._explain._registry import Method, MethodRequest, MethodResult, get_method, list_methods
+from featvis._explain._targets import Resolved, Targets, parse_targets
+from featvis._images import Images, Preprocess, prepare_images
+from featvis._layers import Layer
+
+__all__ = ["default_layer", "explain"]
+
+_defaults: weakref.WeakKeyDictionary[object, Layer] = weakref.WeakKeyDictionary()
+
+
+def _spatial(shape: tuple[int | None, ...] | None) -> bool | None:
+    """Whether an NCHW output shape has a grid (None: not known from the shape)."""
+    if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
+        return None
+    return shape[2] * shape[3] > 1
+
+
+def default_layer(backend: Backend) -> Layer:
+    """The layer :func:`explain` uses when none is named: the last one, in execution order,
+    whose output still has a spatial grid (more than one position), where the classifier's
+    evidence is most class-specific and still has a place (EfficientNet-Lite0: ``_relu1``,
+    7x7; ResNet: the last block's output).
+
+    Layers whose shape the backend does not know are run once on a blank image to find out.
+    """
+    try:
+        cached = _defaults.get(backend)
+    except TypeError:
+        cached = None
+    if cached is not None:
+        return cached
+    layers = backend.layers()
+    found = None
+    blank = None
+    for layer in reversed(layers):
+        spatial = _spatial(layer.output_shape)
+        if spatial is None:
+            if blank is None:
+                size = backend.preprocess.size or (224, 224)
+                blank = np.zeros((1, backend.preprocess.channels, *size), np.float32)
+            out = backend.activations(blank, layer)
+            spatial = out.shape[2] * out.shape[3] > 1
+        if spatial:
+            found = layer
+            break
+    if found is None:
+        raise ArgumentError(
+            "The model has no layer whose output has a spatial grid, so there is nothing for "
+            "a class activation map to place. Use a method that needs no layer: occlusion or "
+            "rise."
+        )
+    with contextlib.suppress(TypeError):  # a backend that takes no weak reference
+        _defaults[backend] = found
+    return found
+
+
+def _prepared(backend: Backend, images: Images) -> np.ndarray:
+    """``images`` as the model's ``(N, C, H, W)`` float32 input (framework-free: a 4-D
+    tensor of any framework that converts to numpy is taken as prepared)."""
+    if not isinstance(images, np.ndarray) and getattr(images, "ndim", None) == 4:
+        detach = getattr(images, "detach", None)
+        array = np.asarray(detach().cpu() if callable(detach) else images)
+        return np.ascontiguousarray(array, dtype=np.float32)
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
+        return np.ascontiguousarray(images)  # read only, never written
+    return prepare_images(images, backend.preprocess)
+
+
+def _display(batch: np.ndarray, preprocess: Preprocess) -> np.ndarray | None:
+    """The prepared batch as ``(N, H, W, 3)`` uint8 pictures (normalization undone)."""
+    channels = batch.shape[1]
+    if channels != preprocess.channels or channels not in (1, 3):
+        return None
+    mean = np.asarray(preprocess.mean, np.float32)[None, :, None, None]
+    std = np.asarray(preprocess.std, np.float32)[None, :, None, None]
+    pixels = np.clip((batch * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    pixels = pixels.transpose(0, 2, 3, 1)
+    return np.repeat(pixels, 3, axis=3) if channels == 1 else np.ascontiguousarray(pixels)
+
+
+def _check_capabilities(backend: Backend, method: Method) -> None:
+    for capability in method.needs:
+        if not isinstance(backend, capability):
+            works = [m.name for m in list_methods() if m.works_with(backend)]
+            require(
+                backend,
+                capability,
+                needed_for=f"method {method.name!r}",
+                works=("methods " + ", ".join(works)) if works else "",
+            )
+
+
+def _noisy(batch: np.ndarray, noise: float, samples: int, seed: int) -> np.ndarray:
+    """``samples`` copies of each image with Gaussian noise of standard deviation ``noise``
+    times the image's value range (SmoothGrad's convention), seeded."""
+    rng = np.random.default_rng(seed)
+    spread = batch.max(axis=(1, 2, 3)) - batch.min(axis=(1, 2, 3))
+    copies = np.repeat(batch, samples, axis=0)
+    sigma = np.repeat(noise * spread, samples)[:, None, None, None]
+    return (copies + rng.standard_normal(copies.shape, np.float32) * sigma).astype(np.float32)
+
+
+def explain(
+    backend: Any,
+    images: Images,
+    *,
+    method: str = "gradcam",
+    layer: str | Layer | None = None,
+    target: Any = None,
+    noise: float = 0.0,
+    samples: int = 8,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain what in each image makes the model score a class: a class activation map.
+
+    Parameters
+    ----------
+    backend : Backend, or a model :func:`featvis.load` accepts
+    images : image, list of images, or ndarray of shape (N, C, H, W)
+        As for :meth:`featvis.Backend.activations`.
+    method : str
+        One of :func:`featvis.list_methods`. On any :class:`featvis.Differentiable` backend:
+        ``gradcam`` (default), ``gradcampp``, ``xgradcam``, ``layercam``, ``hirescam``. On any
+        :class:`featvis.Scorer` backend (ONNX included): ``scorecam``, ``ablationcam`` (also
+        :class:`featvis.Patchable`), ``occlusion``, ``rise``, ``eigencam`` (not
+        class-discriminative), and ``cam`` (a model ending in global average pooling and one
+        fully connected layer, :class:`featvis.LinearHead`).
+    layer : str or Layer, optional
+        The layer to explain at. Default: the last layer whose output has a spatial grid
+        (:func:`default_layer`); the result says which. Occlusion and RISE use no layer.
+    target : optional
+        What to explain. ``None``: the class the model predicts for each image. A class index
+        or a name from ``backend.categories`` (``"Egyptian cat"``): that class. A tuple of
+        two, ``("Egyptian cat", "tabby")``: the difference of their scores, "why this class
+        rather than that one". A list of those: one per image.
+    noise : float
+        SmoothGrad-style stability, for every method: when above 0, the map is the mean of the
+        method's maps over ``samples`` copies of each image with Gaussian noise of standard
+        deviation ``noise`` times the image's value range (0.1 to 0.2 is usual), for the
+        target of the clean image. Costs ``samples`` times as much.
+    samples : int
+        Noisy copies per image (with ``noise``).
+    seed : int
+        Seeds the noise and the random masks of RISE: the same seed gives the same map.
+    batch_size : int, optional
+        Images per pass through the model (gradients: 32; perturbed images: 32).
+    progress : bool, optional
+        A progress bar for long methods; by default only when stderr is a terminal.
+    **options
+        The method's own options, e.g. ``window=`` and ``stride=`` for occlusion, ``masks=``
+        for RISE, ``channels=`` for Score-CAM (see each method's docstring, and
+        docs/explain.md).
+
+    Returns
+    -------
+    Explanation
+
+    Raises
+    ------
+    CapabilityError
+        The backend lacks what the method needs (an ONNX model has no gradients); the message
+        names the methods that do work with it.
+    UnknownLayerError, ArgumentError
+        Before any work is done, for a bad layer, target, method or option.
+
+    Examples
+    --------
+    >>> import numpy as np, featvis
+    >>> from featvis.testing import tiny_cnn
+    >>> backend = tiny_cnn(differentiable=True)
+    >>> e = featvis.explain(backend, np.zeros((32, 32, 3), np.uint8))
+    >>> e.method, e.layer, e.maps.shape, e.raw.shape
+    ('gradcam', 'block.relu', (1, 32, 32), (1, 16, 16))
+    >>> featvis.explain(backend, np.zeros((32, 32)), method="occlusion", window=8).raw.shape
+    (1, 4, 4)
+    """
+    from featvis.plugins import load
+
+    backend = load(backend)
+    spec = get_method(method)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        takes = ", ".join(spec.options) or "none"
+        raise ArgumentError(
+            f"Method {spec.name!r} takes no option {', '.join(map(repr, unknown))}; its "
+            f"options: {takes}."
+        )
+    _check_capabilities(backend, spec)
+    if not isinstance(noise, (int, float)) or noise < 0:
+        raise ArgumentError(f"noise must be a number >= 0, got {noise!r}.")
+    if not isinstance(samples, int) or samples < 1:
+        raise ArgumentError(f"samples must be a positive integer, got {samples!r}.")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if spec.uses_layer:
+        chosen = backend.layer(layer) if layer is not None else default_layer(backend)
+    elif layer is not None:
+        raise ArgumentError(f"Method {spec.name!r} uses no layer; leave layer= out.")
+    else:
+        chosen = None
+    if not spec.class_discriminative and target is not None:
+        raise ArgumentError(
+            f"{spec.name} is not class-discriminative: its map does not depend on a target "
+            "class. Leave target= out, or use a class-discriminative method (gradcam, "
+            "scorecam, ...)."
+        )
+    batch = _prepared(backend, images)
+    targets = parse_targets(target, len(batch), backend.categories)
+
+    def request(x: np.ndarray, t: Targets, scores: np.ndarray | None) -> MethodRequest:
+        return MethodRequest(
+            backend, x, chosen, t, scores, batch_size, progress, seed, dict(options)
+        )
+
+    if noise > 0:
+        result = _smoothed(spec, backend, batch, targets, request, float(noise), samples, seed)
+    else:
+        result = spec.run(request(batch, targets, None))
+    size = batch.shape[2:]
+    maps = result.maps if result.maps is not None else upsample(result.raw, size)
+    used = dict(options)
+    if noise > 0:
+        used.update(noise=float(noise), samples=samples, seed=seed)
+    elif spec.name == "rise":
+        used.update(seed=seed)
+    return Explanation(
+        maps=np.ascontiguousarray(maps, np.float32),
+        raw=np.ascontiguousarray(result.raw, np.float32),
+        targets=result.targets.classes.astype(np.int64),
+        scores=np.asarray(result.scores, np.float32),
+        method=spec.name,
+        layer=None if chosen is None else chosen.name,
+        layer_alias=None if chosen is None else chosen.alias,
+        default_layer=chosen is not None and layer is None,
+        contrast=result.targets.contrast,
+        categories=backend.categories,
+        images=_display(batch, backend.preprocess),
+        options=used,
+    )
+
+
+def _smoothed(
+    spec: Method,
+    backend: Backend,
+    batch: np.ndarray,
+    targets: Targets,
+    request: Any,
+    noise: float,
+    samples: int,
+    seed: int,
+) -> MethodResult:
+    """The method over noisy copies of each image, averaged, for the clean image's target."""
+    n = len(batch)
+    if spec.class_discriminative:
+        scorer = require(backend, Scorer, needed_for="noise=")
+        clean_scores = scorer.scores(batch, batch_size=request(batch, targets, None).batch_size)
+        clean = targets.resolve(clean_scores)
+        contrast = clean.contrast if clean.contrast is not None else np.full(n, -1, np.int64)
+        fixed = Targets(clean.classes, contrast)
+    else:
+        clean, fixed, clean_scores = None, targets, None
+    result = spec.run(request(_noisy(batch, noise, samples, seed), fixed.repeat(samples), None))
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return a.reshape(n, samples, *a.shape[1:]).mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    if clean is None:
+        none = Resolved(np.full(n, -1, np.int64), None, np.zeros((n, 0), np.float32))
+        return MethodResult(
+            mean(result.raw),
+            none,
+            np.full(n, np.nan, np.float32),
+            None if result.maps is None else mean(result.maps),
+        )
+    assert clean_scores is not None
+    return MethodResult(
+        mean(result.raw),
+        clean,
+        clean.values(clean_scores),
+        None if result.maps is None else mean(result.maps),
+    )
