@@ -33,6 +33,9 @@ from featvis._errors import (
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
 from featvis._predict import probabilities, top_predictions
+from featvis._receptive import ReceptiveField, receptive_field
+from featvis._stream import ActivationBatch, ImageInfo
+from featvis._survey import ChannelStats, ClassScore, Survey, TopImage, survey
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
 from featvis.plugins import (
@@ -60,6 +63,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
+    "ActivationBatch",
     "AmbiguousLayerError",
     "ArgumentError",
     "Backend",
@@ -67,12 +71,15 @@ __all__ = [
     "BackendNotFoundError",
     "BackendSpec",
     "CapabilityError",
+    "ChannelStats",
+    "ClassScore",
     "ComparisonTable",
     "Differentiable",
     "FeatvisError",
     "FeatvisPluginWarning",
     "Gradients",
     "ImageError",
+    "ImageInfo",
     "Layer",
     "LayerKey",
     "LayerTable",
@@ -85,7 +92,10 @@ __all__ = [
     "Picture",
     "PluginError",
     "Preprocess",
+    "ReceptiveField",
     "Scorer",
+    "Survey",
+    "TopImage",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
@@ -104,10 +114,12 @@ __all__ = [
     "prepare_images",
     "probabilities",
     "read_image",
+    "receptive_field",
     "require",
     "requiring",
     "resize",
     "strongest_channel",
+    "survey",
     "top_channels",
     "top_predictions",
 ]
