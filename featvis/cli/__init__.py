@@ -20,6 +20,7 @@ from featvis.cli._inputs import (
 )
 from featvis.cli._report import describe, layer_sections, write_report
 from featvis.cli._steps import Console, walkthrough_layers
+from featvis.cli._survey import add_survey_parser
 from featvis.plugins import list_backends, list_models
 from featvis.render import COLORMAPS, montage, normalize, pair, strongest_channel, top_channels
 
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (default: report.html)",
     )
     report.set_defaults(run=_cmd_report)
+
+    add_survey_parser(commands)
 
     backends = commands.add_parser("backends", help="list the installed backends")
     backends.set_defaults(run=_cmd_backends)
