@@ -49,6 +49,17 @@ GROUPS = {
         "overlay",
         "Picture",
     ],
+    "Surveys of image collections": [
+        "survey",
+        "Survey",
+        "TopImage",
+        "ChannelStats",
+        "ClassScore",
+        "receptive_field",
+        "ReceptiveField",
+        "ImageInfo",
+        "ActivationBatch",
+    ],
     "Predictions and comparison": [
         "probabilities",
         "top_predictions",

@@ -118,7 +118,9 @@ class _Images:
 
 
 def _crop(rgb: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
-    if box is None:
+    """The box of the image; all of it without a box, or for an empty one (a layer whose
+    output depends on no input pixel)."""
+    if box is None or box[2] <= box[0] or box[3] <= box[1]:
         return rgb
     top, left, bottom, right = box
     return rgb[top:bottom, left:right]

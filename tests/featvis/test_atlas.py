@@ -109,6 +109,16 @@ def test_a_page_of_1280_channels_stays_small_and_lazy(tmp_path: Path) -> None:
     assert page.read_text().count('loading="lazy"') == 1280 * 9
 
 
+def test_a_layer_that_sees_no_pixel_shows_whole_images(tmp_path: Path) -> None:
+    constant = ArrayBackend([Step("bias", lambda x: np.ones((len(x), 2, 4, 4), np.float32))])
+    result = featvis.survey(constant, SampleImages(3, size=(32, 32)), "bias", k=2, progress=False)
+    assert result.top("bias", 0)[0].input_box == (0, 0, 0, 0)
+    assert result.tied("bias") == [0, 1]
+    result.save(tmp_path)
+    with Image.open(tmp_path / "bias" / "patches" / "c0000_0.jpg") as patch:
+        assert patch.size == (96, 96)
+
+
 def _tiny_folder(tmp_path: Path) -> Path:
     write_samples(tmp_path / "images", 20, size=(40, 40))
     return tmp_path / "images"
