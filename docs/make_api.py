@@ -64,6 +64,17 @@ GROUPS = {
         "Picture",
     ],
     "Reports": ["report", "Report", "Section", "Figure"],
+    "Surveys of image collections": [
+        "survey",
+        "Survey",
+        "TopImage",
+        "ChannelStats",
+        "ClassScore",
+        "receptive_field",
+        "ReceptiveField",
+        "ImageInfo",
+        "ActivationBatch",
+    ],
     "Predictions and comparison": [
         "probabilities",
         "top_predictions",

@@ -60,7 +60,10 @@ from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
 from featvis._predict import probabilities, top_predictions
+from featvis._receptive import ReceptiveField, receptive_field
 from featvis._report import Report, Section, report
+from featvis._stream import ActivationBatch, ImageInfo
+from featvis._survey import ChannelStats, ClassScore, Survey, TopImage, survey
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
 from featvis.plugins import (
@@ -91,6 +94,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
+    "ActivationBatch",
     "Activations",
     "AmbiguousLayerError",
     "ArgumentError",
@@ -99,6 +103,8 @@ __all__ = [
     "BackendNotFoundError",
     "BackendSpec",
     "CapabilityError",
+    "ChannelStats",
+    "ClassScore",
     "ComparisonTable",
     "Differentiable",
     "Explanation",
@@ -107,6 +113,7 @@ __all__ = [
     "Figure",
     "Gradients",
     "ImageError",
+    "ImageInfo",
     "Layer",
     "LayerKey",
     "LayerTable",
@@ -125,9 +132,12 @@ __all__ = [
     "Picture",
     "PluginError",
     "Preprocess",
+    "ReceptiveField",
     "Report",
     "Scorer",
     "Section",
+    "Survey",
+    "TopImage",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
@@ -151,11 +161,13 @@ __all__ = [
     "prepare_images",
     "probabilities",
     "read_image",
+    "receptive_field",
     "report",
     "require",
     "requiring",
     "resize",
     "strongest_channel",
+    "survey",
     "tied_channels",
     "top_channels",
     "top_predictions",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
@@ -14,6 +14,7 @@ from featvis._axes import as_nchw
 from featvis._errors import ArgumentError, FeatvisError, LayerWarning, LayoutError
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer, LayerIndex
+from featvis._stream import ActivationBatch, Labels, OnError, as_collection, prepared_batches
 
 __all__ = ["Activations", "Backend", "BackendBase", "LayerKey", "as_nchw"]
 
@@ -338,6 +339,112 @@ class BackendBase(ABC):
             )
         return result
 
+    def iter_activations(
+        self,
+        images: Any,
+        layers: LayerKey | Sequence[LayerKey],
+        *,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        on_error: OnError = "raise",
+        labels: Labels = None,
+        start: int = 0,
+        progress: bool | None = None,
+    ) -> Iterator[ActivationBatch]:
+        """Activations batch by batch, for a collection of any size: the streaming form of
+        :meth:`activations`.
+
+        Images are decoded and prepared by a pool of threads ahead of the model, and each
+        batch is run as soon as it is ready. Nothing of the collection's size is held: one
+        batch of activations, and a bounded number of prepared images waiting for the model.
+
+        Parameters
+        ----------
+        images : folder, list, iterable, ndarray or PyTorch Dataset/DataLoader
+            A folder (searched recursively for image files, in path order), a list of files or
+            images, any iterable of images, a prepared ``(N, C, H, W)`` array, or a PyTorch
+            ``Dataset`` (read by index in the threads; ``(image, label)`` items give labels)
+            or an unshuffled ``DataLoader``. A float tensor of shape ``(C, H, W)`` from a
+            dataset is model input as it is.
+        layers : str, Layer, or sequence of them
+        batch_size : int, optional
+            Images per forward pass (default 32). A batch holds the images whose positions
+            lie in ``[b * batch_size, (b + 1) * batch_size)``.
+        threads : int, optional
+            Threads decoding and preparing images (default: up to 4).
+        on_error : {"raise", "skip"}
+            An image that cannot be read raises an :class:`ImageError` naming it, or is
+            skipped and listed in the batch's ``skipped``.
+        labels : sequence, callable or "folder", optional
+            A label per image, ``labels(position, path)``, or the name of each file's folder.
+        start : int
+            Position of the first image (when streaming a part of a larger collection).
+        progress : bool, optional
+            Show a bar with images per second (and time left when the count is known); by
+            default only when stderr is a terminal.
+
+        Yields
+        ------
+        ActivationBatch
+            ``positions``, ``activations`` (one array for one layer, else a dict keyed as
+            given), ``images`` (path, label, size of each) and ``skipped``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from featvis.testing import tiny_cnn
+        >>> images = [np.zeros((32, 32, 3), np.uint8)] * 5
+        >>> [len(b) for b in tiny_cnn().iter_activations(images, "conv1", batch_size=2)]
+        [2, 2, 1]
+        """
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        index = self._layer_index()
+        single = isinstance(layers, (str, int, np.integer, Layer))
+        keys: list[LayerKey] = [layers] if single else list(layers)  # type: ignore[arg-type,list-item]
+        if not keys:
+            raise ArgumentError("No layers were asked for; pass a layer name or a list of them.")
+        resolved = [index.resolve(key) for key in keys]
+        distinct = list({layer.name: layer for layer in resolved}.values())
+        for layer in distinct:  # a stream has no partial results: every layer or none
+            if layer.unavailable is not None:
+                raise _unavailable(layer)
+        collection = as_collection(images)
+        bar = _progress_bar(collection.length, progress, desc="activations")
+        shapes: list[tuple[int, ...]] = [(0, 0, 0, 0)] * len(distinct)
+        try:
+            for batch in prepared_batches(
+                collection,
+                self.preprocess,
+                batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                threads=threads,
+                on_error=on_error,
+                labels=labels,
+                start=start,
+                progress=bar,
+            ):
+                if len(batch):
+                    outs = self._checked_run(self._prepare(batch.inputs), distinct, len(batch))
+                    for out in outs:
+                        if isinstance(out, FeatvisError):
+                            raise out
+                    shapes = [(0, *out.shape[1:]) for out in outs]  # type: ignore[union-attr]
+                else:  # every image of the batch was skipped
+                    outs = [np.empty(shape, np.float32) for shape in shapes]
+                by_name = dict(zip((layer.name for layer in distinct), outs))
+                result: Any
+                if single:
+                    result = outs[0]
+                else:
+                    result = {
+                        key.name if isinstance(key, Layer) else key: by_name[layer.name]
+                        for key, layer in zip(keys, resolved)
+                    }
+                yield ActivationBatch(batch.positions, result, batch.images, batch.skipped)
+        finally:
+            if bar is not None:
+                bar.close()
+
     def _run_batches(
         self, batch: Any, layers: list[Layer], batch_size: int, progress: bool | None
     ) -> list[np.ndarray | FeatvisError]:
@@ -445,7 +552,7 @@ def _unavailable(layer: Layer) -> LayoutError:
     )
 
 
-def _progress_bar(total: int, progress: bool | None) -> Any:
+def _progress_bar(total: int | None, progress: bool | None, desc: str = "activations") -> Any:
     if progress is False:
         return None
     from tqdm.auto import tqdm
@@ -454,7 +561,7 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
     return tqdm(
         total=total,
         unit="img",
-        desc="activations",
+        desc=desc,
         disable=None if progress is None else False,
         file=sys.stderr,
         leave=False,

@@ -86,3 +86,12 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     exec(compile(example.group(1), "README.md", "exec"), {})
     for name in ("conv1.png", "channel31.png", "strongest.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+@pytest.mark.slow
+def test_the_survey_page_figures_are_made_by_its_script(tmp_path: Path) -> None:
+    figures = _module("make_survey_figures").run(tmp_path, 40)
+    page = (ROOT / "docs" / "survey.md").read_text(encoding="utf-8")
+    for figure in figures:
+        assert figure.stat().st_size > 1000, figure
+        assert f"figures/{figure.name}" in page
