@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import pytest
 import skimage.data
+import timm
 import torch
 from torch import nn
 
 import featvis
 from featvis_torch import TorchBackend
-
-pytest.importorskip("timm")  # the test extra installs it
 
 #: name -> (input size, extra arguments of timm.create_model)
 ZOO: dict[str, tuple[int, dict[str, Any]]] = {
@@ -92,7 +91,6 @@ def calibrate(model: nn.Module, size: int) -> nn.Module:
 
 
 def build(name: str) -> tuple[nn.Module, int]:
-    import timm
 
     size, options = ZOO[name]
     with torch.random.fork_rng():

@@ -15,17 +15,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import featvis
-from featvis import Preprocess
-from featvis._explain._activation import first_component
-from featvis_torch import TorchBackend
-
-pytest.importorskip("pytorch_grad_cam")
-pytest.importorskip("captum")
-
-from captum.attr import Occlusion
+from captum.attr import Occlusion  # the peers: the test extra installs them (featvis[bench])
 from pytorch_grad_cam import (
     AblationCAM,
     EigenCAM,
@@ -38,6 +28,12 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+import featvis
+from featvis import Preprocess
+from featvis._explain._activation import first_component
+from featvis_torch import TorchBackend
 
 pytestmark = pytest.mark.slow
 SIZE = 96  # a 3 x 3 grid at ResNet-18's last block

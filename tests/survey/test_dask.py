@@ -16,8 +16,8 @@ from featvis.samples import SampleImages
 
 pytestmark = pytest.mark.slow
 
-distributed = pytest.importorskip("distributed")
-cloudpickle = pytest.importorskip("cloudpickle")
+import cloudpickle  # noqa: E402  (featvis[dask], in the test extra)
+import distributed  # noqa: E402
 
 # The workers unpickle this module's classes by value: it is not importable there.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
