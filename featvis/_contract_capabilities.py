@@ -1,8 +1,9 @@
 """The contract checks of the capabilities (:mod:`featvis._capabilities`), for every backend.
 
 :class:`featvis.testing.BackendContract` inherits them: a backend that has a capability is
-checked on it, one that lacks it gets the tests reported as skipped (never as passed). pytest
-is imported only when they run.
+checked on it; for one that lacks it, each check instead makes sure that the methods needing
+it refuse the backend with a :class:`featvis.CapabilityError` that names the capability and
+the methods that do work (what a user of that backend meets).
 """
 
 from __future__ import annotations
@@ -16,12 +17,26 @@ from featvis._capabilities import Differentiable, Objective, Patchable, Scorer
 __all__ = ["CapabilityContract"]
 
 
-def _need(backend: Any, capability: type) -> Any:
-    if not isinstance(backend, capability):
-        import pytest
+#: A method that needs each capability, to check the refusal of a backend that lacks it.
+_NEEDED_BY = {"Differentiable": "gradcam", "Patchable": "ablationcam", "Scorer": "scorecam"}
 
-        pytest.skip(f"{type(backend).__name__} is not a featvis.{capability.__name__}")
-    return backend
+
+def _need(backend: Any, capability: type, images: Any) -> Any:
+    """``backend`` when it has ``capability``; else None, once its refusal is checked."""
+    if isinstance(backend, capability):
+        return backend
+    import pytest
+
+    from featvis import CapabilityError, explain
+
+    method = _NEEDED_BY[capability.__name__]
+    with pytest.raises(CapabilityError) as refused:
+        explain(backend, images[0], method=method, progress=False)
+    message = str(refused.value)
+    assert f"featvis.{capability.__name__}" in message and repr(method) in message, message
+    if capability is not Scorer:
+        assert "use methods" in message, message  # what does work with this backend
+    return None
 
 
 def _class_objective(classes: list[int], k: int) -> Objective:
@@ -41,7 +56,9 @@ class CapabilityContract:
     # -- Scorer ------------------------------------------------------------------------------
 
     def test_scores_are_one_float32_row_per_image(self, backend: Any, images: Any) -> None:
-        scorer = _need(backend, Scorer)
+        scorer = _need(backend, Scorer, images)
+        if scorer is None:
+            return
         scores = scorer.scores(images)
         assert isinstance(scores, np.ndarray) and scores.dtype == np.float32
         assert scores.ndim == 2 and scores.shape[0] == len(images) and scores.shape[1] >= 1
@@ -53,14 +70,18 @@ class CapabilityContract:
             assert len(scorer.categories) == scores.shape[1]
 
     def test_scores_do_not_depend_on_the_batch(self, backend: Any, images: Any) -> None:
-        scorer = _need(backend, Scorer)
+        scorer = _need(backend, Scorer, images)
+        if scorer is None:
+            return
         whole = scorer.scores(images)
         np.testing.assert_allclose(scorer.scores(images, batch_size=1), whole, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(scorer.scores(images[1]), whole[1:2], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(scorer.scores(images), whole)
 
     def test_scores_leave_the_images_as_they_were(self, backend: Any, images: Any) -> None:
-        scorer = _need(backend, Scorer)
+        scorer = _need(backend, Scorer, images)
+        if scorer is None:
+            return
         before = [np.array(i, copy=True) if isinstance(i, np.ndarray) else None for i in images]
         first = scorer.scores(images)
         first += 1.0  # the caller's to change
@@ -72,7 +93,9 @@ class CapabilityContract:
     # -- Differentiable ----------------------------------------------------------------------
 
     def test_gradients_give_the_scores_and_matching_shapes(self, backend: Any, images: Any) -> None:
-        diff = _need(backend, Differentiable)
+        diff = _need(backend, Differentiable, images)
+        if diff is None:
+            return
         scores = diff.scores(images)
         k = scores.shape[1]
         classes = [i % k for i in range(len(images))]
@@ -92,7 +115,9 @@ class CapabilityContract:
     def test_the_gradient_of_a_layer_objective_at_that_layer_is_its_weights(
         self, backend: Any, images: Any
     ) -> None:
-        diff = _need(backend, Differentiable)
+        diff = _need(backend, Differentiable, images)
+        if diff is None:
+            return
         layer = _spatial_layer(diff)
         shape = diff.activations(images[:1], layer.name).shape[1:]
         weights = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
@@ -111,7 +136,9 @@ class CapabilityContract:
     ) -> None:
         # Central differences on a piecewise-linear network cross a few kinks, so the check is
         # loose (20%) but catches a wrong sign, scale or path; the median of three directions.
-        diff = _need(backend, Differentiable)
+        diff = _need(backend, Differentiable, images)
+        if diff is None:
+            return
         from featvis._images import prepare_images
 
         batch = prepare_images(images[:1], diff.preprocess)
@@ -132,7 +159,9 @@ class CapabilityContract:
         assert sorted(errors)[1] < 0.2, errors
 
     def test_gradients_do_not_depend_on_the_batch(self, backend: Any, images: Any) -> None:
-        diff = _need(backend, Differentiable)
+        diff = _need(backend, Differentiable, images)
+        if diff is None:
+            return
         k = diff.scores(images[:1]).shape[1]
         layer = _spatial_layer(diff)
         objective = _class_objective([0] * len(images), k)
@@ -147,7 +176,9 @@ class CapabilityContract:
     def test_patching_a_layer_with_its_own_output_gives_the_scores(
         self, backend: Any, images: Any
     ) -> None:
-        patchable = _need(backend, Patchable)
+        patchable = _need(backend, Patchable, images)
+        if patchable is None:
+            return
         layer = _spatial_layer(patchable)
         acts = patchable.activations(images[0], layer.name)
         scores = patchable.scores(images[0])
@@ -164,7 +195,9 @@ class CapabilityContract:
     def test_patching_with_a_function_of_the_layers_own_output(
         self, backend: Any, images: Any
     ) -> None:
-        patchable = _need(backend, Patchable)
+        patchable = _need(backend, Patchable, images)
+        if patchable is None:
+            return
         layer = _spatial_layer(patchable)
         acts = patchable.activations(images[1], layer.name)
         seen: list[np.ndarray] = []
