@@ -104,7 +104,10 @@ class TorchBackend(BackendBase):
     device : str or torch.device, optional
         Where the input goes. By default the device of the model's parameters (CPU for a
         model without any). The model is never moved: a ``device`` other than the model's is
-        an error, unless the model has no parameters or buffers.
+        an error, unless the model has no parameters or buffers. From a CUDA device, outputs
+        are copied without waiting into page-locked host memory, and the device is
+        synchronized once per forward pass (:mod:`featvis_torch._cuda`); a half-precision
+        model, or one run under the caller's ``torch.autocast``, gives float32 all the same.
 
     Examples
     --------
