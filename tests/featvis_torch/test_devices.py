@@ -356,12 +356,15 @@ def test_activations_from_cuda_are_page_locked_and_complete(hygiene: Any) -> Non
     assert torch.from_numpy(out["bn1"]).is_pinned()
     # bn1's output is taken before the in-place ReLU that follows it overwrites it
     assert (out["bn1"] < 0).any() and (out["relu"] >= 0).all()
-    np.testing.assert_array_equal(out["layer4.2.conv3"], seen[0].cpu().numpy())
+    # the same values as a plain forward's (up to cuDNN choosing another algorithm)
+    assert _relative(out["layer4.2.conv3"], seen[0].cpu().numpy()) <= 1e-6
 
 
 @gpu
 def test_the_forward_on_cuda_stops_at_the_last_layer_asked_for(hygiene: Any) -> None:
     model = hygiene.watch(_cuda_copy(resnet50()))
+    backend = TorchBackend(model)
+    backend.layers()  # listing runs the whole model: before the hooks that watch
     ran: list[str] = []
     handles = [
         module.register_forward_hook(lambda m, a, o, name=name: ran.append(name))
@@ -369,7 +372,7 @@ def test_the_forward_on_cuda_stops_at_the_last_layer_asked_for(hygiene: Any) -> 
         if name in ("layer2.0.conv1", "layer3", "fc")
     ]
     try:
-        TorchBackend(model).activations(_pixels(2), "layer2.0.conv1")
+        backend.activations(_pixels(2), "layer2.0.conv1")
     finally:
         for handle in handles:
             handle.remove()
