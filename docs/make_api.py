@@ -39,6 +39,7 @@ GROUPS = {
         "Patchable",
         "LinearHead",
         "OnnxExportable",
+        "Summarizing",
         "require",
     ],
     "Explanations (see [explain.md](explain.md))": [
@@ -74,6 +75,7 @@ GROUPS = {
         "ReceptiveField",
         "ImageInfo",
         "ActivationBatch",
+        "BatchSummary",
     ],
     "Predictions and comparison": [
         "probabilities",

@@ -30,6 +30,7 @@ from featvis._capabilities import (
     OnnxExportable,
     Patchable,
     Scorer,
+    Summarizing,
     require,
 )
 from featvis._compare import ComparisonTable, compare
@@ -61,6 +62,7 @@ from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_ima
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
 from featvis._predict import probabilities, top_predictions
 from featvis._receptive import ReceptiveField, receptive_field
+from featvis._reduce import BatchSummary
 from featvis._report import Report, Section, report
 from featvis._stream import ActivationBatch, ImageInfo
 from featvis._survey import ChannelStats, ClassScore, Survey, TopImage, survey
@@ -102,6 +104,7 @@ __all__ = [
     "BackendBase",
     "BackendNotFoundError",
     "BackendSpec",
+    "BatchSummary",
     "CapabilityError",
     "ChannelStats",
     "ClassScore",
@@ -136,6 +139,7 @@ __all__ = [
     "Report",
     "Scorer",
     "Section",
+    "Summarizing",
     "Survey",
     "TopImage",
     "UnknownLayerError",

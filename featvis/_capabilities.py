@@ -9,7 +9,8 @@ reach for a member no protocol declares::
     │   ├── Differentiable    gradients of a per-image scalar with respect to layers and input
     │   └── Patchable         scores with one layer's output replaced (the rest of the model)
     ├── LinearHead            the fully connected layer that computes the scores
-    └── OnnxExportable        writes the model as an ONNX file
+    ├── OnnxExportable        writes the model as an ONNX file
+    └── Summarizing           reduces layers to the survey's per-image numbers where they are
 
 A method that needs a capability the backend lacks raises :class:`CapabilityError`, which names
 the capability, what the backend is, and which methods do work with it (see :func:`require`).
@@ -32,6 +33,7 @@ import numpy as np
 from featvis._errors import ArgumentError, CapabilityError, ModelError
 from featvis._images import Images
 from featvis._layers import Layer
+from featvis._reduce import BatchSummary
 
 __all__ = [
     "Differentiable",
@@ -42,6 +44,7 @@ __all__ = [
     "Patchable",
     "ScoreKind",
     "Scorer",
+    "Summarizing",
     "as_scores",
     "require",
 ]
@@ -292,6 +295,37 @@ class OnnxExportable(Protocol):
 
     def to_onnx(self, path: str | os.PathLike[str]) -> Path:
         """Export the model to ``path`` and return it."""
+        ...
+
+
+@runtime_checkable
+class Summarizing(Protocol):
+    """A backend that reduces a batch of a layer's activations to the survey's numbers itself.
+
+    :func:`featvis.survey` keeps of each image only ``(C,)`` numbers per layer (a
+    :class:`featvis.BatchSummary`: each map's peak and where it is, its sum, its count of
+    positive values, its minimum). A backend whose activations live on an accelerator can
+    compute them there, so that only those numbers cross to the host instead of every map; the
+    survey uses :meth:`summaries` when the backend has it, and numpy
+    (``featvis._reduce.summarize``) on :meth:`~featvis.Backend.activations` otherwise.
+
+    The numbers must be the ones numpy computes from the activations, bit for bit: the peak
+    and minimum of the float32 map, the flat index of the *first* occurrence of the peak, the
+    count of values > 0, and the float64 sum taken in the order of
+    ``featvis._reduce.map_sums``. The contract suite (:class:`featvis.testing.BackendContract`)
+    checks it.
+    """
+
+    def summaries(self, images: Images, layers: Sequence[str | Layer]) -> list[BatchSummary]:
+        """One :class:`featvis.BatchSummary` of ``images`` (one batch, run at once) per layer.
+
+        Raises
+        ------
+        ModelError
+            If an activation is NaN or infinite.
+        LayoutError
+            If a layer's output cannot be placed as ``(N, C, H, W)``.
+        """
         ...
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from featvis._capabilities import Differentiable, Objective, Patchable, Scorer
+from featvis._capabilities import Differentiable, Objective, Patchable, Scorer, Summarizing
+from featvis._reduce import BatchSummary, summarize
 
 __all__ = ["CapabilityContract"]
 
@@ -211,3 +212,35 @@ class CapabilityContract:
         np.testing.assert_allclose(seen[0], acts, rtol=1e-4, atol=1e-5)
         given = patchable.patched_scores(images[1], layer.name, halves(acts))
         np.testing.assert_allclose(called, given, rtol=1e-4, atol=1e-4)
+
+    # -- Summarizing -------------------------------------------------------------------------
+
+    def test_summaries_are_numpys_summaries_of_the_activations_bit_for_bit(
+        self, backend: Any, images: Any
+    ) -> None:
+        if not isinstance(backend, Summarizing):
+            # The survey then summarizes the activations in numpy: check it sees them all.
+            from featvis import survey
+
+            name = [layer for layer in backend.layers() if layer.unavailable is None][-1].name
+            acts = backend.activations(images, name)
+            stats = survey(
+                backend, images, name, k=1, receptive_fields=False, progress=False
+            ).stats(name)
+            np.testing.assert_array_equal(stats.max, acts.max(axis=(0, 2, 3)))
+            np.testing.assert_allclose(stats.mean, acts.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+            return
+        summarizing: Any = backend
+        layers = [layer for layer in summarizing.layers() if layer.unavailable is None]
+        chosen = [layers[0].name, layers[len(layers) // 2].name, layers[-1].name, layers[0].name]
+        got = summarizing.summaries(images, chosen)
+        acts = summarizing.activations(images, chosen)  # one batch, as summaries runs it
+        assert len(got) == len(chosen)
+        for name, summary in zip(chosen, got):
+            assert isinstance(summary, BatchSummary)
+            want = summarize(acts[name])
+            assert summary.spatial == want.spatial, name
+            for field in ("peak", "where", "sums", "positive", "low"):
+                mine, theirs = getattr(summary, field), getattr(want, field)
+                assert mine.dtype == theirs.dtype, (name, field, mine.dtype)
+                np.testing.assert_array_equal(mine, theirs, err_msg=f"{name}: {field}")

@@ -8,7 +8,9 @@ same :class:`BatchSummary` can feed a :class:`LayerState`.
 
 Everything is deterministic and independent of how the images were batched, ordered or split:
 
-- an image's numbers depend only on its own activations (its map is summed on its own);
+- an image's numbers depend only on its own activations (its map is summed on its own, in an
+  order written out here, :func:`map_sums`, that any array library can follow op for op: a
+  backend reducing on its device gives the same float64 bits as numpy on the host);
 - the top-k order is total: value descending, then collection position ascending;
 - sums are exact (:class:`featvis._exact.ExactSum`), so they do not depend on the order of
   addition; maxima, minima and counts never did.
@@ -25,7 +27,7 @@ import numpy as np
 from featvis._errors import ArgumentError, ModelError
 from featvis._exact import ExactSum
 
-__all__ = ["BY", "BatchSummary", "Coverage", "LayerState", "summarize"]
+__all__ = ["BY", "BatchSummary", "Coverage", "LayerState", "map_sums", "summarize"]
 
 #: Statistics that rank images for a channel: the peak of its map, or the map's mean.
 BY = ("max", "mean")
@@ -50,7 +52,7 @@ class BatchSummary:
     where : ndarray, shape (n, C), int64
         Where it is: the flat index ``y * W + x`` of its first occurrence in row-major order.
     sums : ndarray, shape (n, C), float64
-        The sum of each map (numpy's float64 sum of the map, computed image by image).
+        The sum of each map, in float64, in the order of :func:`map_sums`.
     positive : ndarray, shape (n, C), int64
         How many positions of each map are > 0.
     low : ndarray, shape (n, C), float32
@@ -92,10 +94,46 @@ def summarize(acts: np.ndarray) -> BatchSummary:
             "be meaningless. Check the model and its input."
         )
     sums = np.empty((n, channels), np.float64)
-    for i in range(n):  # one image at a time: its sum cannot depend on the batch it is in
-        np.sum(flat[i].astype(np.float64), axis=1, out=sums[i])
+    for i in range(n):  # one image at a time: a float64 copy of one image's maps, not the batch's
+        sums[i] = map_sums(flat[i].astype(np.float64))
     positive = np.count_nonzero(flat > 0, axis=2).astype(np.int64)
     return BatchSummary(peak, where.astype(np.int64), sums, positive, low, (height, width))
+
+
+def map_sums(maps: Any) -> Any:
+    """The float64 sum of each row of ``maps``, in a fixed pairwise order; ``maps`` is
+    overwritten.
+
+    While a row has ``L > 1`` values, value ``i`` gets value ``i + L // 2`` added
+    (``i < L // 2``) and, when ``L`` is odd, the last value moves to position ``L // 2``. Each
+    step is one elementwise float64 addition, which IEEE 754 rounds the same way everywhere, so
+    an implementation that takes the same steps (``featvis_torch`` does, on the device where
+    the activations are) gets the same bits; the error is that of pairwise summation,
+    ``O(log L)`` roundings. (``numpy.sum``'s own order is an implementation detail of numpy.)
+
+    Parameters
+    ----------
+    maps : ndarray, shape (..., L), float64
+        Anything with numpy's slicing and in-place ``+=`` (a torch tensor works as well).
+
+    Returns
+    -------
+    ndarray, shape (...)
+        A view of ``maps[..., 0]``, which holds the sums.
+
+    Examples
+    --------
+    >>> map_sums(np.array([[1.0, 2.0, 3.0], [1e16, 1.0, -1e16]]))
+    array([6., 0.])
+    """
+    length = maps.shape[-1]
+    while length > 1:
+        half = length // 2
+        maps[..., :half] += maps[..., half : 2 * half]
+        if length % 2:
+            maps[..., half] = maps[..., 2 * half]
+        length = half + length % 2
+    return maps[..., 0]
 
 
 def _label_key(label: Any) -> tuple[str, Any]:

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featvis._backend import DEFAULT_BATCH_SIZE, Backend, BackendBase, LayerKey, _progress_bar
+from featvis._capabilities import Summarizing
 from featvis._errors import ArgumentError, FeatvisError, ImageError
 from featvis._images import Preprocess
 from featvis._layers import Layer
 from featvis._receptive import ReceptiveField, image_box, receptive_field
-from featvis._reduce import BY, EMPTY, By, Coverage, LayerState, summarize
+from featvis._reduce import BY, EMPTY, BatchSummary, By, Coverage, LayerState, summarize
 from featvis._stream import (
     Collection,
     ImageInfo,
@@ -418,6 +419,14 @@ class Survey:
 # -- the survey itself -------------------------------------------------------------------------
 
 
+def _summaries(backend: Backend, inputs: np.ndarray, layers: list[Layer]) -> list[BatchSummary]:
+    """Each layer's :class:`BatchSummary` of one batch: reduced by the backend where its
+    activations are when it is :class:`Summarizing`, else by numpy from its activations."""
+    if isinstance(backend, Summarizing):
+        return backend.summaries(inputs, layers)
+    return [summarize(out) for out in _run_layers(backend, inputs, layers)]
+
+
 def _run_layers(backend: Backend, inputs: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
     if isinstance(backend, BackendBase):  # no copy of the batch, no second check of names
         outs = backend._checked_run(backend._prepare(inputs), layers, len(inputs))
@@ -660,8 +669,8 @@ def _survey_here(
             progress=bar,
         ):
             if len(batch):
-                outputs = _run_layers(backend, batch.inputs, distinct)
-                part.add(batch, dict(zip((layer.name for layer in distinct), outputs)))
+                summaries = _summaries(backend, batch.inputs, distinct)
+                part.add(batch, dict(zip((layer.name for layer in distinct), summaries)))
             part.add_skipped(batch)
             since_checkpoint += len(batch) + len(batch.skipped)
             if checkpoint is not None and since_checkpoint >= checkpoint_every:
@@ -750,18 +759,16 @@ class _Part:
                     state.name, state.channels, state.spatial, k, by
                 )
 
-    def add(self, batch: Any, outputs: dict[str, np.ndarray]) -> None:
+    def add(self, batch: Any, summaries: dict[str, BatchSummary]) -> None:
         if not self.states:
             self.input_size = (int(batch.inputs.shape[2]), int(batch.inputs.shape[3]))
-            for name, out in outputs.items():
-                channels, height, width = out.shape[1:]
-                self.states[name] = LayerState(name, channels, (height, width), self.k, self.by)
+            for name, summary in summaries.items():
+                channels = summary.peak.shape[1]
+                self.states[name] = LayerState(name, channels, summary.spatial, self.k, self.by)
         labels = [info.label for info in batch.images]
         has_labels = any(label is not None for label in labels)
-        for name, out in outputs.items():
-            self.states[name].update(
-                summarize(out), batch.positions, labels if has_labels else None
-            )
+        for name, summary in summaries.items():
+            self.states[name].update(summary, batch.positions, labels if has_labels else None)
         self.infos.update((info.position, info) for info in batch.images)
         held: set[int] = set()
         for state in self.states.values():

@@ -20,6 +20,7 @@ from torch import nn
 from featvis import (
     ArgumentError,
     BackendBase,
+    BatchSummary,
     FeatvisError,
     ImageError,
     Layer,
@@ -37,6 +38,7 @@ from featvis_torch._capture import (
     Extraction,
     Plan,
     StopForward,
+    Take,
     first_tensor,
     first_weight,
     lock_for,
@@ -102,7 +104,10 @@ class TorchBackend(BackendBase):
     device : str or torch.device, optional
         Where the input goes. By default the device of the model's parameters (CPU for a
         model without any). The model is never moved: a ``device`` other than the model's is
-        an error, unless the model has no parameters or buffers.
+        an error, unless the model has no parameters or buffers. From a CUDA device, outputs
+        are copied without waiting into page-locked host memory, and the device is
+        synchronized once per forward pass (:mod:`featvis_torch._cuda`); a half-precision
+        model, or one run under the caller's ``torch.autocast``, gives float32 all the same.
 
     Examples
     --------
@@ -231,6 +236,28 @@ class TorchBackend(BackendBase):
         from featvis_torch._gradients import differentiate
 
         return differentiate(self, images, layers, objective, input=input, batch_size=batch_size)
+
+    # -- the survey's reduction -----------------------------------------------------------------
+
+    def summaries(self, images: Any, layers: Sequence[str | Layer]) -> list[BatchSummary]:
+        """The survey's per-image numbers of ``layers`` for one batch (see
+        :class:`featvis.Summarizing`), computed by torch where the activations are: from a GPU
+        only the ``(N, C)`` numbers are copied to the host. Equal, bit for bit, to
+        ``featvis._reduce.summarize`` of :meth:`activations`.
+
+        Examples
+        --------
+        >>> import numpy as np, torch, featvis
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> backend = featvis.load(model, preprocess=featvis.Preprocess(size=(8, 8)))
+        >>> images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), np.uint8)
+        >>> [s] = backend.summaries(list(images), ["1"])
+        >>> s.peak.shape, s.spatial, bool((s.low >= 0).all())
+        ((2, 4), (6, 6), True)
+        """
+        from featvis_torch._reduce import summaries
+
+        return summaries(self, images, layers)
 
     def patched_scores(
         self,
@@ -427,10 +454,16 @@ class TorchBackend(BackendBase):
     # -- activations ---------------------------------------------------------------------------
 
     def _run(self, batch: Any, layers: list[Layer]) -> list[np.ndarray | FeatvisError]:
+        return self._forward(batch, layers)
+
+    def _forward(self, batch: Any, layers: list[Layer], take: Take | None = None) -> list[Any]:
+        """One forward pass, stopped after the last of ``layers`` (distinct), each output taken
+        by ``take`` as it comes (by default copied to the host: :class:`Capture`); returns
+        when the device has done the work queued for it."""
         plan = self._plan(layers)
         with Extraction(self.model, self._lock) as extraction:
             x = self._input(batch, extraction.first)
-            capture = Capture(plan, x.shape[0], (int(x.shape[2]), int(x.shape[3])))
+            capture = Capture(plan, x.shape[0], (int(x.shape[2]), int(x.shape[3])), take)
             for module in plan.modules:
                 extraction.handles.append(module.register_forward_hook(capture))
             with contextlib.suppress(StopForward):  # the stop after the last layer
@@ -442,7 +475,8 @@ class TorchBackend(BackendBase):
                 f"of a ({len(batch)}, ...) input, though they ran when the layers were listed: "
                 "the model's control flow depends on its input. Ask for layers that always run."
             )
-        return capture.results  # type: ignore[return-value]
+        capture.wait()  # one synchronization, after the last copy was queued
+        return capture.results
 
     def _plan(self, layers: list[Layer]) -> Plan:
         """What to hook for these layers; built once per distinct request."""

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,15 @@ from torch import nn
 
 from featvis import ArgumentError, Layer, LayoutError
 from featvis._axes import Placement
+from featvis_torch._cuda import synchronize, take_pinned
 
 __all__ = [
     "Capture",
     "Extraction",
     "Plan",
     "StopForward",
+    "Take",
+    "copy_source",
     "first_tensor",
     "first_weight",
     "lock_for",
@@ -95,25 +99,37 @@ def take(
 ) -> np.ndarray:
     """One copy of ``tensor`` (holding ``batch`` images) into a new NCHW float32 array.
 
+    This is the plain path, and the reference: a CUDA tensor is taken by
+    :func:`featvis_torch._cuda.take_pinned` instead, which does not wait for the copy.
+
     Raises
     ------
     ArgumentError
         If the tensor's rank or batch is not what the placement was made for.
     """
-    if placement.identity and tensor.dim() == 4 and tensor.shape[0] == batch:
-        view = tensor
-        out = np.empty(tuple(tensor.shape), np.float32)
-    else:
-        expanded, order, prefix, nchw = placement.steps(tuple(tensor.shape), batch, image_size)
-        view = tensor if expanded is None else tensor.reshape(expanded)
-        view = view.permute(order)
-        if prefix:
-            view = view.narrow(-1, prefix, view.shape[-1] - prefix)
-        out = np.empty(nchw, np.float32)
+    view, shape = copy_source(tensor, placement, batch, image_size)
+    out = np.empty(shape, np.float32)
     # copy_ converts the dtype, gathers any strides and, from a GPU, waits for the transfer
     # (non_blocking=False) before returning, so the array is complete when it is read.
-    torch.from_numpy(out).view(view.shape).copy_(view.detach(), non_blocking=False)
+    torch.from_numpy(out).view(view.shape).copy_(view, non_blocking=False)
     return out
+
+
+def copy_source(
+    tensor: torch.Tensor, placement: Placement, batch: int, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(view, nchw)``: ``tensor`` detached, reshaped and permuted so that copying it into
+    C-contiguous memory of shape ``nchw`` (viewed as ``view.shape``) lays it out as NCHW: one
+    copy, whatever its strides (the final reshape of :func:`nchw_view` could copy again)."""
+    tensor = tensor.detach()
+    if placement.identity and tensor.dim() == 4 and tensor.shape[0] == batch:
+        return tensor, tuple(tensor.shape)
+    expanded, order, prefix, nchw = placement.steps(tuple(tensor.shape), batch, image_size)
+    view = tensor if expanded is None else tensor.reshape(expanded)
+    view = view.permute(order)
+    if prefix:
+        view = view.narrow(-1, prefix, view.shape[-1] - prefix)
+    return view, nchw
 
 
 def to_host(tensor: torch.Tensor) -> np.ndarray:
@@ -221,16 +237,28 @@ class Plan:
             self.wanted[id(module)][call] = (slot, placement)
 
 
+#: What a :class:`Capture` does with an output: ``(tensor, placement, batch, image_size)``.
+Take = Callable[[torch.Tensor, Placement, int, tuple[int, int]], Any]
+
+
 class Capture:
-    """The forward hook of one extraction: copies the outputs of a :class:`Plan` as they come,
+    """The forward hook of one extraction: takes the outputs of a :class:`Plan` as they come,
     and stops the forward pass after the last one.
 
-    An output that breaks what was listed (another rank, another batch size, no tensor) is a
-    :class:`LayoutError` in its slot: the other layers are taken all the same.
+    By default an output is copied to the host as a float32 array (:func:`take`; a CUDA
+    tensor by :func:`featvis_torch._cuda.take_pinned`, whose copy is only complete after
+    :meth:`wait`); ``take`` replaces that (the survey's reduction). An output that breaks what
+    was listed (another rank, another batch size, no tensor) is a :class:`LayoutError` in its
+    slot: the other layers are taken all the same.
     """
 
-    def __init__(self, plan: Plan, batch: int, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self, plan: Plan, batch: int, image_size: tuple[int, int], take: Take | None = None
+    ) -> None:
         self.plan = plan
+        self.take = take
+        #: CUDA devices with work queued for this capture: :meth:`wait` synchronizes them.
+        self.devices: set[torch.device] = set()
         self.calls = dict.fromkeys(plan.wanted, 0)
         self.results: list[np.ndarray | LayoutError | None] = [None] * plan.size
         self.remaining = plan.size
@@ -260,10 +288,20 @@ class Capture:
             got = "no tensor" if tensor is None else f"a complex tensor {tuple(tensor.shape)}"
             return _layout_error(layer, f"returned {got}", self.batch)
         try:
-            return take(tensor, placement, self.batch, self.image_size)
+            if tensor.is_cuda:
+                self.devices.add(tensor.device)
+                if self.take is None:
+                    return take_pinned(*copy_source(tensor, placement, self.batch, self.image_size))
+            return (self.take or take)(tensor, placement, self.batch, self.image_size)
         except ArgumentError as exc:
             what = f"returned a tensor of shape {tuple(tensor.shape)} ({exc})"
             return _layout_error(layer, what, self.batch)
+
+    def wait(self) -> None:
+        """Wait until what was queued on a GPU is done: one synchronization per device, before
+        any result is read."""
+        for device in self.devices:
+            synchronize(device)
 
 
 def _layout_error(layer: Layer, what: str, batch: int) -> LayoutError:
