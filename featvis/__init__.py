@@ -59,6 +59,7 @@ from featvis._explain import (
 from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
+from featvis._maximize import Maximization, Transforms, maximize
 from featvis._predict import probabilities, top_predictions
 from featvis._receptive import ReceptiveField, receptive_field
 from featvis._report import Report, Section, report
@@ -80,6 +81,7 @@ from featvis.plugins import (
 )
 from featvis.render import (
     Picture,
+    gallery,
     montage,
     normalize,
     overlay,
@@ -120,6 +122,7 @@ __all__ = [
     "LayerWarning",
     "LayoutError",
     "LinearHead",
+    "Maximization",
     "Method",
     "MethodRequest",
     "MethodResult",
@@ -138,12 +141,14 @@ __all__ = [
     "Section",
     "Survey",
     "TopImage",
+    "Transforms",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
     "compare",
     "default_layer",
     "explain",
+    "gallery",
     "hookimpl",
     "install_hint",
     "layer_table",
@@ -153,6 +158,7 @@ __all__ = [
     "list_models",
     "load",
     "load_model",
+    "maximize",
     "montage",
     "normalize",
     "number_layers",
