@@ -52,6 +52,7 @@ GROUPS = {
     ],
     "Feature visualization (see [maximize.md](maximize.md))": [
         "maximize",
+        "maximize_section",
         "Maximization",
         "Transforms",
     ],

@@ -59,7 +59,7 @@ from featvis._explain import (
 from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
-from featvis._maximize import Maximization, Transforms, maximize
+from featvis._maximize import Maximization, Transforms, maximize, maximize_section
 from featvis._predict import probabilities, top_predictions
 from featvis._receptive import ReceptiveField, receptive_field
 from featvis._report import Report, Section, report
@@ -159,6 +159,7 @@ __all__ = [
     "load",
     "load_model",
     "maximize",
+    "maximize_section",
     "montage",
     "normalize",
     "number_layers",

@@ -4,6 +4,7 @@
 from featvis._maximize._api import maximize
 from featvis._maximize._objectives import OBJECTIVES
 from featvis._maximize._result import Maximization
+from featvis._maximize._section import maximize_section
 from featvis._maximize._transforms import Transforms
 
-__all__ = ["OBJECTIVES", "Maximization", "Transforms", "maximize"]
+__all__ = ["OBJECTIVES", "Maximization", "Transforms", "maximize", "maximize_section"]
