@@ -84,7 +84,7 @@ def rows(quick: bool) -> Iterator[Row]:
     backend = featvis.load_model("efficientnet_lite0")
     lucent_model = copy.deepcopy(backend.model).eval()
     mean, std = backend.preprocess.mean, backend.preprocess.std
-    steps = 8 if quick else 32
+    steps = 8 if quick else 16
     one = [1]
     # one channel: alternate lucent and featvis, twice, and keep each one's faster run
     times: dict[str, list[float]] = {"featvis": [], "lucent": []}
@@ -118,7 +118,7 @@ def rows(quick: bool) -> Iterator[Row]:
         notes=[f"channel mean: featvis {ours:.2f}, lucent {theirs:.2f} (values, not seconds)"],
     )
     many = list(range(0, 64, 2))  # 32 channels
-    batch_steps = 2 if quick else 4
+    batch_steps = 2 if quick else 3
     t, _ = _timed(lambda: _featvis(backend, many, batch_steps))
     batch = t / batch_steps
     yield Row(
