@@ -51,11 +51,18 @@ GROUPS = {
         "MethodRequest",
         "MethodResult",
     ],
+    "Feature visualization (see [maximize.md](maximize.md))": [
+        "maximize",
+        "maximize_section",
+        "Maximization",
+        "Transforms",
+    ],
     "Layers": ["Layer", "KINDS", "number_layers", "layer_table", "LayerTable"],
     "Images in": ["read_image", "prepare_images", "IMAGENET_MEAN", "IMAGENET_STD"],
     "Rendering": [
         "normalize",
         "montage",
+        "gallery",
         "strongest_channel",
         "tied_channels",
         "top_channels",

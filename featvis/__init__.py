@@ -60,6 +60,7 @@ from featvis._explain import (
 from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
 from featvis._layers import KINDS, Layer, LayerTable, layer_table, number_layers
+from featvis._maximize import Maximization, Transforms, maximize, maximize_section
 from featvis._predict import probabilities, top_predictions
 from featvis._receptive import ReceptiveField, receptive_field
 from featvis._reduce import BatchSummary
@@ -82,6 +83,7 @@ from featvis.plugins import (
 )
 from featvis.render import (
     Picture,
+    gallery,
     montage,
     normalize,
     overlay,
@@ -123,6 +125,7 @@ __all__ = [
     "LayerWarning",
     "LayoutError",
     "LinearHead",
+    "Maximization",
     "Method",
     "MethodRequest",
     "MethodResult",
@@ -142,12 +145,14 @@ __all__ = [
     "Summarizing",
     "Survey",
     "TopImage",
+    "Transforms",
     "UnknownLayerError",
     "__version__",
     "as_nchw",
     "compare",
     "default_layer",
     "explain",
+    "gallery",
     "hookimpl",
     "install_hint",
     "layer_table",
@@ -157,6 +162,8 @@ __all__ = [
     "list_models",
     "load",
     "load_model",
+    "maximize",
+    "maximize_section",
     "montage",
     "normalize",
     "number_layers",

@@ -10,6 +10,7 @@ Layout of an atlas folder::
     LAYER/stats.jsonl          one JSON object per channel
     LAYER/top.jsonl            one JSON object per channel and rank
     LAYER/patches/cCHANNEL_RANK.jpg
+    LAYER/optimized/cCHANNEL.jpg   each channel's optimized image (``maximize=``, optional)
 
 The pages have no external dependencies (inline CSS and a few lines of JavaScript) and load
 thumbnails lazily, so a layer of 1280 channels stays usable: the page itself is a few MB.
@@ -139,8 +140,49 @@ def _thumbnail(pixels: np.ndarray, size: int = THUMB) -> Image.Image:
 # -- the files -------------------------------------------------------------------------------
 
 
-def write_atlas(survey: Survey, folder: Path, images: Any = None) -> Path:
-    """Write the atlas of ``survey`` into ``folder`` (see the module docstring)."""
+def _optimize(
+    survey: Survey, keys: list[str], folder: Path, backend: Any, options: dict[str, Any]
+) -> tuple[set[str], str]:
+    """Each channel's optimized image (:func:`featvis.maximize`) written beside its patches:
+    the layers that have them, and why none were made (empty when they were)."""
+    if backend is None:
+        return set(), ""
+    from featvis._capabilities import Differentiable
+    from featvis._errors import CapabilityError
+    from featvis._maximize import maximize
+    from featvis._maximize._api import _gradient_free_methods
+
+    if not isinstance(backend, Differentiable):
+        return set(), str(
+            CapabilityError(
+                f"No optimized images: featvis.maximize needs gradients through the model, "
+                f"which the {getattr(backend, 'name', type(backend).__name__)!r} backend does "
+                f"not provide; the dataset images below are what "
+                f"{_gradient_free_methods(backend)} can show."
+            )
+        )
+    done = set()
+    for key in keys:
+        result = maximize(backend, key, list(range(survey.channels(key))), **options)
+        where = folder / slug(key) / "optimized"
+        where.mkdir(parents=True, exist_ok=True)
+        for channel, image in enumerate(result.images):
+            pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            _thumbnail(pixels).save(where / f"c{channel:04d}.jpg", quality=90)
+        done.add(key)
+    return done, ""
+
+
+def write_atlas(
+    survey: Survey,
+    folder: Path,
+    images: Any = None,
+    *,
+    maximize: Any = None,
+    maximize_options: dict[str, Any] | None = None,
+) -> Path:
+    """Write the atlas of ``survey`` into ``folder`` (see the module docstring); with a
+    ``maximize`` backend, each channel's optimized image beside its dataset images."""
     folder.mkdir(parents=True, exist_ok=True)
     reader = _Images(survey, images)
     keys = list(dict.fromkeys(survey.layers))
@@ -176,8 +218,9 @@ def write_atlas(survey: Survey, folder: Path, images: Any = None) -> Path:
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         list(pool.map(cut, sorted(jobs)))
 
+    optimized, why_not = _optimize(survey, keys, folder, maximize, maximize_options or {})
     for key in keys:
-        _write_layer(survey, key, tops[key], folder, links)
+        _write_layer(survey, key, tops[key], folder, links, key in optimized, why_not)
     (folder / "view.html").write_text(_VIEW, encoding="utf-8")
     (folder / "index.html").write_text(_index_page(survey, keys), encoding="utf-8")
     survey.save_state(folder / "state.npz")
@@ -212,7 +255,13 @@ def _top_row(key: str, channel: int, entry: TopImage, link: str) -> dict[str, An
 
 
 def _write_layer(
-    survey: Survey, key: str, tops: list[list[TopImage]], folder: Path, links: dict[int, str]
+    survey: Survey,
+    key: str,
+    tops: list[list[TopImage]],
+    folder: Path,
+    links: dict[int, str],
+    optimized: bool = False,
+    why_not: str = "",
 ) -> None:
     where = folder / slug(key)
     stats = survey.stats(key)
@@ -232,6 +281,11 @@ def _write_layer(
     for channel, entries in enumerate(tops):
         row = rows[channel]
         thumbs = []
+        if optimized:
+            thumbs.append(
+                f'<img class="opt" loading="lazy" src="optimized/c{channel:04d}.jpg" alt="" '
+                'title="the optimized image: what excites this channel most (featvis.maximize)">'
+            )
         for entry in entries:
             view = "../view.html#" + urllib.parse.urlencode(
                 {
@@ -283,6 +337,13 @@ def _write_layer(
         '<a href="stats.jsonl">stats.jsonl</a> &middot; <a href="top.jsonl">top.jsonl</a> '
         '&middot; <a href="../index.html">all layers</a></p>' + tie_note
     )
+    if optimized:
+        header += (
+            "<p>The first image of each channel, framed, is its optimized image "
+            "(featvis.maximize): what excites the channel most, found by gradient ascent.</p>"
+        )
+    elif why_not:
+        header += f"<p>{html.escape(why_not)}</p>"
     page = _LAYER.replace("{title}", html.escape(key)).replace("{header}", header)
     (where / "index.html").write_text(page.replace("{cards}", "\n".join(cards)), encoding="utf-8")
 
@@ -335,7 +396,7 @@ _LAYER = (
 .ch{border:1px solid #ddd;border-radius:4px;padding:4px 6px}
 .ch h3{margin:0;font-size:14px}.st,.cl{color:#555;font-size:12px}.dead{color:#b00}
 .th{display:flex;flex-wrap:wrap;gap:2px}.th img{width:96px;height:96px;object-fit:contain;
-background:#eee}
+background:#eee}.th img.opt{outline:2px solid #36c;outline-offset:-2px}
 #bar{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ddd}
 </style></head><body>{header}
 <div id="bar">sort by <select id="sort"><option value="c">channel</option>

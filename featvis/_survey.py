@@ -360,7 +360,14 @@ class Survey:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def save(self, folder: str | os.PathLike[str], *, images: Any = None) -> Path:
+    def save(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        images: Any = None,
+        maximize: Any = None,
+        maximize_options: dict[str, Any] | None = None,
+    ) -> Path:
         """Write the atlas into ``folder``: an HTML page per layer, the numbers as JSON lines,
         and the mergeable state (``state.npz``, read back with :meth:`load`).
 
@@ -371,6 +378,13 @@ class Survey:
             The collection again, to draw the patches from, when the survey cannot read its
             images by itself: it can when they were files, or when this process surveyed an
             indexable collection (a list, an array, a Dataset).
+        maximize : backend, optional
+            Also show each channel's optimized image (:func:`featvis.maximize`) first among
+            its dataset images; it costs the optimization's steps for every channel of every
+            layer. A backend without gradients (ONNX) gets a line on each page saying why
+            there are none and what does work.
+        maximize_options : dict, optional
+            Keywords for :func:`featvis.maximize` (``{"steps": 128, "size": 128}``).
 
         Returns
         -------
@@ -379,7 +393,9 @@ class Survey:
         """
         from featvis._atlas import write_atlas
 
-        return write_atlas(self, Path(folder), images)
+        return write_atlas(
+            self, Path(folder), images, maximize=maximize, maximize_options=maximize_options
+        )
 
     def save_state(self, path: str | os.PathLike[str]) -> Path:
         """Write only the mergeable state (a ``.npz`` file, no pickles), atomically."""

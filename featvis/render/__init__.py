@@ -5,6 +5,7 @@ and handles constant, NaN and infinite values on purpose.
 """
 
 from featvis.render._colormaps import COLORMAPS, colormap
+from featvis.render._gallery import gallery
 from featvis.render._montage import default_grid, grid_shape, montage, palette_for
 from featvis.render._normalize import (
     TIEBREAK,
@@ -22,6 +23,7 @@ __all__ = [
     "Picture",
     "colormap",
     "default_grid",
+    "gallery",
     "grid_shape",
     "montage",
     "normalize",

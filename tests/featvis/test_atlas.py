@@ -205,3 +205,34 @@ def test_the_command_needs_a_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
         ]
     )
     assert code == 2 and "No such folder" in capsys.readouterr().err
+
+
+# -- optimized images beside the dataset images (featvis.maximize) -----------------------------
+
+
+def test_the_atlas_shows_each_channels_optimized_image_first(
+    surveyed: Survey, tmp_path: Path
+) -> None:
+    backend = tiny_cnn(differentiable=True)  # the surveyed model, with gradients
+    options = {"steps": 3, "size": 16}
+    surveyed.save(tmp_path, maximize=backend, maximize_options=options)
+    page = (tmp_path / "relu2" / "index.html").read_text()
+    cards = page.split('<div class="ch" ')[1:]
+    assert len(cards) == 16
+    for channel, card in enumerate(cards):
+        first = re.search(r'<img[^>]*src="([^"]+)"', card)
+        assert first is not None and first.group(1) == f"optimized/c{channel:04d}.jpg"
+    expected = featvis.maximize(backend, "relu2", list(range(16)), **options).images[5]
+    with Image.open(tmp_path / "relu2" / "optimized" / "c0005.jpg") as image:
+        shown = np.asarray(image.resize((16, 16)), np.float32) / 255.0
+    assert np.abs(shown - expected).mean() < 0.05  # the same image, through a JPEG thumbnail
+    assert "optimized image" in page
+
+
+def test_an_atlas_without_gradients_says_why_there_are_no_optimized_images(
+    surveyed: Survey, tmp_path: Path
+) -> None:
+    surveyed.save(tmp_path, maximize=tiny_cnn())
+    page = (tmp_path / "relu1" / "index.html").read_text()
+    assert "No optimized images: featvis.maximize needs gradients" in page
+    assert "featvis.survey" in page and not (tmp_path / "relu1" / "optimized").exists()

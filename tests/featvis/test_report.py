@@ -101,3 +101,17 @@ def test_picture_jpeg_is_smaller_than_png_for_a_photo() -> None:
     photo = featvis.Picture(data.astronaut())
     assert Image.open(io.BytesIO(photo.jpeg())).format == "JPEG"
     assert len(photo.jpeg()) * 3 < len(photo.png())
+
+
+def test_a_report_can_show_optimized_images_or_say_why_not() -> None:
+    from featvis.testing import tiny_cnn
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    shown = featvis.maximize_section(
+        tiny_cnn(differentiable=True), "conv2", [0, 2], steps=2, size=12
+    )
+    refused = featvis.maximize_section(tiny_cnn(), "conv2", [0, 2], steps=2, size=12)
+    page = featvis.report(tiny_cnn(), [image], ["conv2"], sections=[shown, refused]).to_html()
+    assert "Optimized images: conv2" in page and "the image each channel wants to see" in page
+    assert len(shown.figures) == 1 and np.asarray(shown.figures[0].picture).shape[1] == 2 * 14 + 2
+    assert not refused.figures and "needs gradients" in refused.html and "eigencam" in refused.html
