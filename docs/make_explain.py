@@ -16,6 +16,7 @@ import io
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,7 +99,9 @@ def measure() -> str:
     names = ["chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry",
              "hubble_deep_field", "retina", "colorwheel"]  # fmt: skip
     torch_backend = featvis.load_model("efficientnet_lite0")
-    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+    # kept until the end: the sessions read the weights from lite0.onnx.data when they start
+    folder = tempfile.mkdtemp(prefix="featvis-measure-")
+    with contextlib.redirect_stdout(io.StringIO()):
         backend = featvis.load(torch_backend.to_onnx(Path(folder) / "lite0.onnx"))
     images = featvis.prepare_images([getattr(data, n)() for n in names], backend.preprocess)
     variants = [
@@ -132,6 +135,7 @@ def measure() -> str:
             f"| {label} | {seconds / len(images):.1f} s ({seconds / reference[2]:.2f}x) | "
             f"{1 - r:.3f} | {d:.3f} | {s:.3f} |"
         )
+    shutil.rmtree(folder, ignore_errors=True)
     return "\n".join(lines)
 
 

@@ -179,7 +179,7 @@ def report(
     images: ImageSource | Sequence[ImageSource] | Mapping[str, ImageSource],
     layers: Sequence[LayerKey] | None = None,
     *,
-    sections: Iterable[Section] = (),
+    sections: Iterable[Section | str] = (),
     title: str = "featvis report",
     scope: Literal["global", "channel"] = "global",
     max_size: int | None = MAX_SIZE,
@@ -199,8 +199,11 @@ def report(
         Files (labelled by their name), arrays or PIL images (``image 1``, ...).
     layers : list of layer names, aliases or indices, optional
         Default: the walkthrough's first conv, last conv and the ReLU after it.
-    sections : iterable of Section
-        More sections, after the images' (an explanation, an evaluation...).
+    sections : iterable of Section or str
+        More sections, after the images' (an evaluation, a survey...). A name builds one of
+        featvis's own over ``images``: ``"explain"``, the explanation of each image's predicted
+        class (:func:`featvis.explain` with Grad-CAM on a backend with gradients, Ablation-CAM
+        or Score-CAM on the others); ``"explain:METHOD"`` with the method named.
     title : str
     scope : {"global", "channel"}
         How montages are normalized (see :func:`featvis.normalize`).
@@ -229,6 +232,9 @@ def report(
     ['conv1: all 8 channels', 'conv1: strongest channel 5']
     >>> page.to_html().startswith("<!DOCTYPE html>")
     True
+    >>> page = featvis.report(tiny_cnn(), [image], ["conv1"], sections=["explain"])
+    >>> [section.title for section in page.sections]
+    ['Image: image 1', 'Explain the prediction']
     """
     labelled = _labelled(images)
     chosen = (
@@ -261,5 +267,30 @@ def report(
             if progress is not None:
                 progress(1)
         built.append(section)
-    built.extend(sections)
+    for extra in sections:
+        built.append(
+            _named_section(extra, backend, labelled, max_size) if isinstance(extra, str) else extra
+        )
     return Report(title, backend, built, dict(provenance or {}))
+
+
+#: The sections :func:`report` builds by name (``sections=["explain"]``).
+SECTION_NAMES = ("explain",)
+
+
+def _named_section(
+    name: str,
+    backend: Backend,
+    labelled: list[tuple[str, ImageSource]],
+    max_size: int | None,
+) -> Section:
+    kind, _, option = name.partition(":")
+    if kind == "explain":
+        from featvis._explain._section import explain_section
+
+        return explain_section(backend, labelled, method=option or None, max_size=max_size)[0]
+    raise ArgumentError(
+        f"Unknown report section {name!r}; the named sections are "
+        f"{', '.join(map(repr, SECTION_NAMES))} ('explain:METHOD' for another method), or pass "
+        "a featvis.Section."
+    )

@@ -253,7 +253,11 @@ def _one_batch(
             inputs.append(x)
         grad_out = torch.from_numpy(np.ascontiguousarray(cotangent, dtype=np.float32))
         grad_out = grad_out.to(device=view.device, dtype=view.dtype).reshape(view.shape)
-        found = torch.autograd.grad(view, inputs, grad_outputs=grad_out, allow_unused=True)
+        # The vector-Jacobian product as the gradient of one scalar, sum(view * cotangent): the
+        # same numbers (the backward of the product hands back the cotangent itself), without
+        # grad_outputs=, whose shape check imports sympy on the first call of a process (1 s
+        # of CPU, 3-5 s of wall time on a busy machine: most of the demo's explanation step).
+        found = torch.autograd.grad((view * grad_out).sum(), inputs, allow_unused=True)
         acts, grads = [], []
         for held, site, grad in zip(tap.held, sites, found):
             assert held is not None

@@ -169,7 +169,7 @@ class Explanation:
         pictures = self._pairs(images, alpha=alpha, cmap=cmap, labels=False)
         names = self.target_names()
         return [
-            (f"{self.method}: {names[i]}", picture, self.describe(i) + _COLOURS)
+            (f"{self.method}: {names[i]}", picture, self.describe(i) + COLOURS)
             for i, picture in enumerate(pictures)
         ]
 
@@ -203,7 +203,7 @@ class Explanation:
         return self.figure().png()
 
 
-_COLOURS = " Red is where the map is highest; each map is scaled to its own range."
+COLOURS = " Red is where the map is highest; each map is scaled to its own range."
 
 
 def _name(index: int, categories: list[str] | None) -> str:

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from featvis._backend import Backend
-from featvis._capabilities import OnnxExportable
+from featvis._capabilities import OnnxExportable, Scorer
 from featvis._compare import compare
 from featvis._errors import ArgumentError
+from featvis._explain._explanation import COLOURS
+from featvis._explain._section import default_method, explain_section
 from featvis._figures import MAX_SIZE, Figure, called, describe, for_display, montage_figure
 from featvis._figures import strongest as strongest_channel
 from featvis._images import image_size
@@ -83,6 +85,48 @@ def _onnx_twin(backend: Backend, out: Path, console: Console) -> Backend:
     twin = load(path, backend="onnx", preprocess=backend.preprocess)
     twin.categories = backend.categories
     return twin
+
+
+def _explain_step(
+    step: int,
+    args: argparse.Namespace,
+    backend: Backend,
+    torch_backend: Backend,
+    label: str,
+    image: Any,
+    console: Console,
+    save: Any,
+) -> Section | None:
+    """Explain the prediction: Grad-CAM on PyTorch; with ``--backend onnx`` a gradient-free
+    method (Ablation-CAM: one pass to the layer, then only the classifier per channel) on
+    ONNX Runtime and on PyTorch side by side, with their difference. None for a backend that
+    gives no class scores."""
+    if not isinstance(backend, Scorer):
+        return None
+    onnx = args.backend == "onnx"
+    method = default_method(backend)
+    section, gaps = explain_section(
+        backend,
+        [(label, image)],
+        method=method,
+        against=torch_backend if onnx else None,
+        names=("ONNX Runtime", "PyTorch"),
+        max_size=args.max_size,
+    )
+    figure = section.figures[0]
+    if onnx:
+        console.say(
+            f"[{step}] Explain the prediction: {method} on ONNX Runtime and on PyTorch (no "
+            f"gradients needed), side by side; the maps differ by at most {gaps[0]:.1e} of "
+            "their peak"
+        )
+    else:
+        console.say(
+            f"[{step}] Explain the prediction: {figure.caption.removesuffix(COLOURS).rstrip('.')} "
+            "(--backend onnx: a gradient-free method, on both backends)"
+        )
+    save(f"explain_{method}", figure)
+    return section
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -241,13 +285,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
     sections = [
         Section("The walkthrough", [figure for _, figure in figures], predictions_html(predictions))
     ]
+    step = 10
     if args.backend == "onnx":
         parity = compare(torch_backend, backend, image)
         summary = parity.summary()
-        say("[10] Parity, PyTorch vs ONNX Runtime, layer by layer:")
+        say(f"[{step}] Parity, PyTorch vs ONNX Runtime, layer by layer:")
         for line in [summary[0], *[s for s in summary if s.startswith("Largest")], summary[-1]]:
             say(f"      {line}")
         sections.append(Section("Parity: PyTorch vs ONNX Runtime", [], parity._repr_html_()))
+        step += 1
+        clock.lap("parity")
+    explained = _explain_step(step, args, backend, torch_backend, label, image, console, save)
+    if explained is not None:
+        sections.append(explained)
+    clock.lap("explain")
     page = Report(
         f"featvis demo: {args.model} on {label}",
         backend,

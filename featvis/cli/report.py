@@ -7,7 +7,10 @@ import argparse
 import shlex
 from typing import Any
 
-from featvis._errors import ImageError
+from featvis._capabilities import Scorer
+from featvis._errors import ArgumentError, ImageError
+from featvis._explain._registry import get_method
+from featvis._explain._section import default_method
 from featvis._figures import MAX_SIZE
 from featvis._report import default_layers, report
 from featvis.cli._inputs import (
@@ -57,11 +60,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if args.layers is not None
         else default_layers(backend.layers())
     )
+    method = _explain_method(args, backend)
     with console.progress(len(images) * len(layers), "figures") as bar:
         page = report(
             backend,
             images,
             layers,
+            sections=[] if method is None else [f"explain:{method}"],
             title=f"featvis report: {args.model}",
             scope=args.normalize,
             max_size=args.max_size,
@@ -74,6 +79,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _explain_method(args: argparse.Namespace, backend: Any) -> str | None:
+    """The method of the "Explain the prediction" section, checked before any work; None for
+    --no-explain, or when the backend gives no class scores (there is no prediction to
+    explain; --explain M insists, and the error says what the backend lacks)."""
+    if args.no_explain:
+        if args.explain is not None:
+            raise ArgumentError("--explain and --no-explain contradict each other: pick one.")
+        return None
+    if args.explain is not None:
+        return get_method(args.explain).name
+    return default_method(backend) if isinstance(backend, Scorer) else None
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "report",
@@ -82,7 +100,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Write an HTML file (figures inlined, opens offline) with the layer table "
         "and, for each image and layer, a montage and the strongest channel beside the image "
         f"(shown at most {MAX_SIZE} pixels on its longer side, --max-size; the model sees it "
-        "whole). Python: featvis.report(backend, images, layers).save(path).",
+        "whole), then the explanation of each image's predicted class (Grad-CAM with "
+        "PyTorch, a gradient-free method on ONNX: --explain, --no-explain). Python: "
+        "featvis.report(backend, images, layers, sections=['explain']).save(path).",
     )
     add_model_arguments(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGE_HELP)
@@ -98,6 +118,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=["global", "channel"],
         default="global",
         help="montage normalization (default: global)",
+    )
+    parser.add_argument(
+        "--explain",
+        metavar="M",
+        help="explain each image's predicted class with method M (default: gradcam on a "
+        "backend with gradients, ablationcam or scorecam on the others; see featvis explain)",
+    )
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="leave out the 'Explain the prediction' section",
     )
     add_max_size(parser)
     parser.add_argument(

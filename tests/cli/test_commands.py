@@ -376,8 +376,9 @@ def test_report_is_one_self_contained_file(
     assert out.strip() == "2 image(s) x 3 layer(s) -> r.html"
     html = (tmp_path / "r.html").read_text()
     pictures = _pictures(html)
-    # per image and layer: a montage (PNG, exact) and the strongest channel with the photo (JPEG)
-    assert [kind for kind, _ in pictures] == ["png", "jpeg"] * 6
+    # per image and layer: a montage (PNG, exact) and the strongest channel with the photo
+    # (JPEG); then per image its explanation over the photo (JPEG)
+    assert [kind for kind, _ in pictures] == ["png", "jpeg"] * 6 + ["jpeg"] * 2
     assert "http://" not in html and "https://" not in html  # nothing to fetch
     assert "Top-5 prediction" in html and TINY_CLASSES[0] in html
     assert "mat2gray" in html  # the normalization is written under each figure
@@ -410,8 +411,9 @@ def test_report_photos_are_jpeg_at_display_size(
     Image.fromarray(data.chelsea()).resize((3000, 2000)).save(tmp_path / "cat.jpg", quality=90)
     featvis_cli("report", tiny, "cat.jpg", "--layers", "conv1")
     html = (tmp_path / "report.html").read_text()
-    (_, montage), (_, paired) = _pictures(html)
+    (_, montage), (_, paired), (_, explained) = _pictures(html)
     assert paired.format == "JPEG" and paired.size == (2 * 1024, 683)
+    assert explained.format == "JPEG" and explained.size == (2 * 1024, 683)
     assert montage.format == "PNG"
     assert len(html) < 1_000_000  # 5.9 MB when photos were PNG
 
@@ -435,6 +437,7 @@ def test_demo_walks_through_the_seed(
         "08_conv2_channel4.jpg",
         "09_relu2_montage.png",
         "10_conv2_vs_relu2.jpg",
+        "11_explain_ablationcam.jpg",
         "layers.txt",
         "report.html",
     ]
@@ -449,10 +452,10 @@ def test_demo_walks_through_the_seed(
         assert step in out
     assert "ImageNet" not in out  # the astronaut's note is for the astronaut
     assert (
-        out.strip().splitlines()[-1] == "Done: 10 figures, layers.txt and report.html are in out/"
+        out.strip().splitlines()[-1] == "Done: 11 figures, layers.txt and report.html are in out/"
     )
     quiet, _ = featvis_cli("--quiet", "demo", "--model", tiny, "--image", str(photo), "--out", "q")
-    assert quiet.strip().splitlines() == ["Done: 10 figures, layers.txt and report.html are in q/"]
+    assert quiet.strip().splitlines() == ["Done: 11 figures, layers.txt and report.html are in q/"]
 
 
 @pytest.mark.parametrize("name", sorted(PLAIN_SAMPLES))

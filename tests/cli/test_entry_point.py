@@ -5,11 +5,13 @@ in-process in test_commands.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +75,7 @@ def test_demo_walks_through_the_seed(tmp_path: Path) -> None:
         "08_conv49_channel4.jpg",
         "09_relu33_montage.png",
         "10_bn49_vs_relu33.jpg",
+        "11_explain_gradcam.jpg",
         "layers.txt",
         "report.html",
     ]
@@ -82,11 +85,12 @@ def test_demo_walks_through_the_seed(tmp_path: Path) -> None:
         "has 32 channels",
         "ImageNet's 1000 classes have no astronaut",
         "relu33 follows conv49 with 1 layer(s) between (conv49 -> bn49 -> relu33)",
+        "[10] Explain the prediction: gradcam of ",
         "Time: ",
     ):
         assert step in done.stdout
     assert done.stdout.strip().splitlines()[-1] == (
-        "Done: 10 figures, layers.txt and report.html are in out/"
+        "Done: 11 figures, layers.txt and report.html are in out/"
     )
 
 
@@ -102,6 +106,15 @@ def test_demo_through_onnx_says_its_parity_and_what_model_onnx_is(tmp_path: Path
     assert "[10] Parity, PyTorch vs ONNX Runtime, layer by layer:" in done.stdout
     assert "Verdict:" in done.stdout
     assert "Parity: PyTorch vs ONNX Runtime" in (tmp_path / "out" / "report.html").read_text()
+    # the same gradient-free method on both backends, side by side, and how far apart they are
+    explained = re.search(
+        r"\[11\] Explain the prediction: ablationcam on ONNX Runtime and on PyTorch \(no "
+        r"gradients needed\), side by side; the maps differ by at most ([0-9.e+-]+) of their peak",
+        done.stdout,
+    )
+    assert explained and float(explained.group(1)) < 1e-4, done.stdout
+    with Image.open(tmp_path / "out" / "11_explain_ablationcam.jpg") as picture:
+        assert picture.size == (4 * 512, 512)  # image, ONNX map, PyTorch map, difference
     layers = featvis("layers", str(model)).stdout
     assert " conv1 " in layers and " relu1 " in layers
     # --layer is resolved by the backend: an exported layer by its module path, and a tensor
