@@ -29,6 +29,7 @@ from featvis._capabilities import (
     Objective,
     OnnxExportable,
     Patchable,
+    Randomizable,
     Scorer,
     require,
 )
@@ -47,6 +48,7 @@ from featvis._errors import (
     PluginError,
     UnknownLayerError,
 )
+from featvis._evaluate import Evaluation, evaluate
 from featvis._explain import (
     Explanation,
     Method,
@@ -107,6 +109,7 @@ __all__ = [
     "ClassScore",
     "ComparisonTable",
     "Differentiable",
+    "Evaluation",
     "Explanation",
     "FeatvisError",
     "FeatvisPluginWarning",
@@ -132,6 +135,7 @@ __all__ = [
     "Picture",
     "PluginError",
     "Preprocess",
+    "Randomizable",
     "ReceptiveField",
     "Report",
     "Scorer",
@@ -143,6 +147,7 @@ __all__ = [
     "as_nchw",
     "compare",
     "default_layer",
+    "evaluate",
     "explain",
     "hookimpl",
     "install_hint",
