@@ -189,7 +189,7 @@ def test_torch_and_its_onnx_export_give_the_same_numbers(
     proto_before = onnx.load(path).SerializeToString()
     backend_proto = onnx_backend.model.SerializeToString()
     cams = featvis.explain(backend, images, method="scorecam").maps
-    settings = dict(steps=10, percentiles=(30, 70), randomize=2)
+    settings = {"steps": 10, "percentiles": (30, 70), "randomize": 2}
     methods = {"scorecam": "scorecam", "fixed": cams}
     ours = featvis.evaluate(backend, images, methods, **settings)
     theirs = featvis.evaluate(onnx_backend, images, methods, **settings)
