@@ -39,8 +39,10 @@ GROUPS = {
         "Patchable",
         "LinearHead",
         "OnnxExportable",
+        "Randomizable",
         "require",
     ],
+    "Evaluation (see [evaluation.md](evaluation.md))": ["evaluate", "Evaluation"],
     "Explanations (see [explain.md](explain.md))": [
         "explain",
         "Explanation",
