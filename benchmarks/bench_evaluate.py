@@ -88,23 +88,26 @@ def _gaussian(n: int, size: int = 224) -> np.ndarray:
 
 
 def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
+    """Every method, cheapest first (so a run cut short still has the reference and peers)."""
     layer = featvis.default_layer(backend).name
-    methods: dict[str, Any] = {
-        name: name for name in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam")
+    return {
+        "gradcam": "gradcam",
+        "pytorch-grad-cam GradCAM": _pgc_gradcam(backend.model, layer),
+        "random map": np.random.default_rng(0).random((n, 224, 224)).astype(np.float32),
+        "centred Gaussian": _gaussian(n),
+        "gradcampp": "gradcampp",
+        "layercam": "layercam",
+        "eigencam": "eigencam",
+        "hirescam": "hirescam",
+        "xgradcam": "xgradcam",
+        "cam": "cam",
+        "smooth gradcam": {"method": "gradcam", "noise": 0.1, "samples": 4},
+        "captum Occlusion 14x14": _captum_occlusion(backend.model),
+        "occlusion": "occlusion",
+        "scorecam": {"method": "scorecam", "channels": 128 if quick else 256},
+        "ablationcam": "ablationcam",
+        "rise": {"method": "rise", "masks": 500 if quick else 2000},
     }
-    methods.update(
-        eigencam="eigencam",
-        ablationcam="ablationcam",
-        scorecam={"method": "scorecam", "channels": 128 if quick else 256},
-        occlusion="occlusion",
-        rise={"method": "rise", "masks": 500 if quick else 2000},
-        **{"smooth gradcam": {"method": "gradcam", "noise": 0.1, "samples": 4}},
-    )
-    methods["pytorch-grad-cam GradCAM"] = _pgc_gradcam(backend.model, layer)
-    methods["captum Occlusion 14x14"] = _captum_occlusion(backend.model)
-    methods["random map"] = np.random.default_rng(0).random((n, 224, 224)).astype(np.float32)
-    methods["centred Gaussian"] = _gaussian(n)
-    return methods
 
 
 def _settings(quick: bool) -> dict[str, Any]:
