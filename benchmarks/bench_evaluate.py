@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="6 images, lighter settings")
     parser.add_argument("--images", type=int, default=None, help="images (default 48; quick 6)")
     parser.add_argument("--out", default="bench-evaluate", help="output folder")
-    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--no-onnx", action="store_true", help="PyTorch rows only")
+    parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
+    parser.add_argument("--metrics", nargs="*", help="only these metrics")
     args = parser.parse_args(argv)
     n = args.images or (6 if args.quick else 48)
     out = Path(args.out)
@@ -201,17 +203,26 @@ def main(argv: list[str] | None = None) -> None:
     backend = featvis.load_model("efficientnet_lite0")
     methods = _methods(backend, n, args.quick)
     settings = _settings(args.quick)
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods}
+    if args.metrics:
+        settings["metrics"] = args.metrics
     start = time.perf_counter()
-    ev = featvis.evaluate(backend, images, methods, progress=True, **settings)
-    took = time.perf_counter() - start
-    text = [
-        f"# Leaderboard: EfficientNet-Lite0, {n} SampleImages (seed 14), "
-        f"{'quick' if args.quick else 'full'} settings; {took / 60:.1f} min in all",
-        "",
-    ]
-    text.append(_markdown(ev, "PyTorch"))
+    parts = []
+    for name, method in methods.items():  # one at a time, the table rewritten after each
+        parts.append(featvis.evaluate(backend, images, {name: method}, **settings))
+        ev = _merged(parts)
+        took = time.perf_counter() - start
+        text = [
+            f"# Leaderboard: EfficientNet-Lite0, {n} SampleImages (seed 14), "
+            f"{'quick' if args.quick else 'full'} settings; {took / 60:.1f} min so far",
+            "",
+            _markdown(ev, "PyTorch"),
+        ]
+        (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
+        print(f"{name}: {ev[name]} ({took / 60:.1f} min)", flush=True)
     ev.figure().save(out / "curves.png")
-    ev.maps_figure(REFERENCE, count=6).save(out / "maps.png")
+    ev.maps_figure(ev.methods[0], count=6).save(out / "maps.png")
     results = {"torch": {m: ev[m] for m in ev.methods}}
     if not args.no_onnx:
         with tempfile.TemporaryDirectory() as tmp:
