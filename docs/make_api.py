@@ -40,8 +40,10 @@ GROUPS = {
         "LinearHead",
         "OnnxExportable",
         "Summarizing",
+        "Randomizable",
         "require",
     ],
+    "Evaluation (see [evaluation.md](evaluation.md))": ["evaluate", "Evaluation"],
     "Explanations (see [explain.md](explain.md))": [
         "explain",
         "Explanation",

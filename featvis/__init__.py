@@ -29,6 +29,7 @@ from featvis._capabilities import (
     Objective,
     OnnxExportable,
     Patchable,
+    Randomizable,
     Scorer,
     Summarizing,
     require,
@@ -48,6 +49,7 @@ from featvis._errors import (
     PluginError,
     UnknownLayerError,
 )
+from featvis._evaluate import Evaluation, evaluate
 from featvis._explain import (
     Explanation,
     Method,
@@ -112,6 +114,7 @@ __all__ = [
     "ClassScore",
     "ComparisonTable",
     "Differentiable",
+    "Evaluation",
     "Explanation",
     "FeatvisError",
     "FeatvisPluginWarning",
@@ -138,6 +141,7 @@ __all__ = [
     "Picture",
     "PluginError",
     "Preprocess",
+    "Randomizable",
     "ReceptiveField",
     "Report",
     "Scorer",
@@ -151,6 +155,7 @@ __all__ = [
     "as_nchw",
     "compare",
     "default_layer",
+    "evaluate",
     "explain",
     "gallery",
     "hookimpl",

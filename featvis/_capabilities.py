@@ -10,7 +10,8 @@ reach for a member no protocol declares::
     │   └── Patchable         scores with one layer's output replaced (the rest of the model)
     ├── LinearHead            the fully connected layer that computes the scores
     ├── OnnxExportable        writes the model as an ONNX file
-    └── Summarizing           reduces layers to the survey's per-image numbers where they are
+    ├── Summarizing           reduces layers to the survey's per-image numbers where they are
+    └── Randomizable          a copy of the model with its top layers' weights re-drawn
 
 A method that needs a capability the backend lacks raises :class:`CapabilityError`, which names
 the capability, what the backend is, and which methods do work with it (see :func:`require`).
@@ -26,7 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "Objective",
     "OnnxExportable",
     "Patchable",
+    "Randomizable",
     "ScoreKind",
     "Scorer",
     "Summarizing",
@@ -329,6 +331,31 @@ class Summarizing(Protocol):
         ...
 
 
+@runtime_checkable
+class Randomizable(Protocol):
+    """A backend that can make a copy of itself whose top layers have new random weights.
+
+    What the sanity check of Adebayo et al. ("Sanity Checks for Saliency Maps", 2018) needs:
+    a map that does not change when the weights that make the prediction are re-drawn does not
+    explain the model. The backend's own model is never changed.
+    """
+
+    def randomized(self, layers: int, *, seed: int = 0) -> Any:
+        """A new backend of the same kind (same preprocess, categories, score kind) whose
+        ``layers`` weighted layers nearest the output (convolutions and fully connected
+        layers, counted backwards in execution order: cascading from the top) have their
+        weights and biases re-drawn, uniformly in ``+-1/sqrt(fan_in)`` (PyTorch's default
+        initialization of ``Conv2d`` and ``Linear``), from a generator seeded with
+        ``seed``. Everything else (normalization statistics included) is copied as it is.
+
+        Raises
+        ------
+        ArgumentError
+            If ``layers`` is not between 1 and the number of weighted layers.
+        """
+        ...
+
+
 _C = TypeVar("_C")
 
 
@@ -372,4 +399,5 @@ _WHAT = {
     "Patchable": "scores with a layer's output replaced",
     "LinearHead": "the weights of a fully connected head",
     "OnnxExportable": "an export to ONNX",
+    "Randomizable": "a copy of the model with re-drawn weights",
 }

@@ -106,6 +106,12 @@ class OnnxBackend(BackendBase):
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ArgumentError(f"threads must be a positive integer, got {threads!r}.")
         chosen = check_providers(providers)
+        self._options: dict[str, Any] = {
+            "providers": providers,
+            "optimization": optimization,
+            "inputs": inputs,
+        }
+        self._threads = threads
         self._loaded = read_model(model)
         self._graph = GraphInfo(self._loaded)
         self._inputs = ModelInputs(self._graph, inputs)
@@ -137,6 +143,22 @@ class OnnxBackend(BackendBase):
             onnx=onnx.__version__,
             providers=", ".join(p[0] if isinstance(p, tuple) else p for p in chosen),
         )
+
+    def randomized(self, layers: int, *, seed: int = 0) -> OnnxBackend:
+        """A new backend on a copy of the graph whose ``layers`` weighted nodes nearest the
+        output (Conv, Gemm, MatMul with an initializer weight, in topological order) have new
+        weights and biases, uniform in ``+-1/sqrt(fan_in)``, seeded by ``seed`` (see
+        :class:`featvis.Randomizable`). This backend's model is not changed."""
+        from featvis_onnx._randomize import randomized_proto
+
+        twin = OnnxBackend(
+            randomized_proto(self._loaded.proto, self._loaded.folder, layers, seed),
+            preprocess=self.preprocess,
+            threads=self._threads,
+            **self._options,
+        )
+        twin.categories = self.categories
+        return twin
 
     # -- inputs ------------------------------------------------------------------------------
 

@@ -167,6 +167,23 @@ class TorchBackend(BackendBase):
             torch.onnx.export(self.model, (x,), path, dynamo=True, optimize=False)
         return path
 
+    def randomized(self, layers: int, *, seed: int = 0) -> TorchBackend:
+        """A new backend on a deep copy of the model whose ``layers`` weighted layers nearest
+        the output (convolutions and linear layers, in the order the forward pass runs them)
+        have new weights and biases, uniform in ``+-1/sqrt(fan_in)``, seeded by ``seed``
+        (see :class:`featvis.Randomizable`). This backend's model is not changed."""
+        from featvis_torch._randomize import randomized_model, weighted_modules
+
+        names = weighted_modules(self.model, [layer.name for layer in self.layers()])
+        twin = TorchBackend(
+            randomized_model(self.model, names, layers, seed),
+            preprocess=self.preprocess,
+            device=self._device,
+        )
+        twin.categories = self.categories
+        twin._score_kind = self._score_kind
+        return twin
+
     # -- scores --------------------------------------------------------------------------------
 
     @property

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 from featvis._errors import FeatvisError
 from featvis._version import __version__
-from featvis.cli import demo, explain, layers, listing, maximize, report, show, survey
+from featvis.cli import demo, evaluate, explain, layers, listing, maximize, report, show, survey
 from featvis.cli._steps import Console
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``featvis --help`` lists them.
-COMMANDS = [demo, layers, show, explain, maximize, report, survey, listing]
+COMMANDS = [demo, layers, show, explain, maximize, evaluate, report, survey, listing]
 
 
 def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None:

@@ -50,9 +50,10 @@ def gradients() -> Iterator[str]:
 
 
 def _section(html: str) -> str:
-    """The HTML of the report's "Explain the prediction" section (to the end of the page)."""
+    """The HTML of the report's "Explain the prediction" section (to the next section)."""
     start = html.index("<h2>Explain the prediction</h2>")
-    return html[start:]
+    end = html.find("<h2>", start + 1)
+    return html[start:] if end < 0 else html[start:end]
 
 
 def _pictures(html: str) -> list[Image.Image]:

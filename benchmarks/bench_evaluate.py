@@ -1,0 +1,327 @@
+"""The evaluation leaderboard (docs/evaluation.md) and the cost rows of featvis.evaluate.
+
+``python benchmarks/bench_evaluate.py [--quick] [--images N] [--out DIR]`` evaluates every
+featvis method, pytorch-grad-cam's Grad-CAM and captum's Occlusion (their own code, their own
+maps), a random map and a centred Gaussian (no model at all) on the same images of
+:class:`featvis.samples.SampleImages` with EfficientNet-Lite0, every metric, in PyTorch; then the
+gradient-free rows again on the model's ONNX export. It writes ``leaderboard.md`` (means, paired
+differences against Grad-CAM with standard errors, "better" = more than two standard errors),
+``curves.png``, ``maps.png`` and ``results.json`` into DIR.
+
+``rows(quick)`` (for ``benchmarks/run.py``) times deletion + insertion at k steps against the
+2(k + 1) batched forwards they need, and ROAD per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Row, compare
+
+import featvis
+from featvis._evaluate import METRICS
+from featvis._evaluate._metrics import deletion_insertion, probability, road
+from featvis.samples import SampleImages
+
+REFERENCE = "gradcam"
+
+
+def _images(count: int) -> list[np.ndarray]:
+    return list(SampleImages(count, seed=14))
+
+
+def _pgc_gradcam(model: Any, layer: str) -> Any:
+    """pytorch-grad-cam's GradCAM, its own code, as a function evaluate can run again."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    def run(backend: Any, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        net = backend.model if hasattr(backend, "model") else model
+        module = dict(net.named_modules())[layer]
+        with GradCAM(net, [module]) as cam:
+            return cam(torch.from_numpy(x), [ClassifierOutputTarget(int(t)) for t in targets])
+
+    return run
+
+
+def _captum_occlusion(model: Any) -> Any:
+    """captum's Occlusion, 16x16 windows at stride 16 (14x14 on 224), baseline 0."""
+    import torch
+    from captum.attr import Occlusion
+
+    def run(backend: Any, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        net = backend.model if hasattr(backend, "model") else model
+        out = []
+        for i in range(len(x)):
+            with torch.no_grad():
+                a = Occlusion(net).attribute(
+                    torch.from_numpy(x[i : i + 1]),
+                    target=int(targets[i]),
+                    sliding_window_shapes=(3, 16, 16),
+                    strides=(3, 16, 16),
+                    baselines=0.0,
+                    perturbations_per_eval=32,
+                )
+            out.append(a.sum(dim=1)[0].numpy())
+        return np.stack(out)
+
+    return run
+
+
+def _gaussian(n: int, size: int = 224) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    g = np.exp(-(yy**2 + xx**2) / (2 * (size / 4) ** 2)).astype(np.float32)
+    return np.repeat(g[None], n, axis=0)
+
+
+def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
+    """Every method, cheapest first (so a run cut short still has the reference and peers)."""
+    layer = featvis.default_layer(backend).name
+    return {
+        "gradcam": "gradcam",
+        "pytorch-grad-cam GradCAM": _pgc_gradcam(backend.model, layer),
+        "random map": np.random.default_rng(0).random((n, 224, 224)).astype(np.float32),
+        "centred Gaussian": _gaussian(n),
+        "gradcampp": "gradcampp",
+        "layercam": "layercam",
+        "eigencam": "eigencam",
+        "hirescam": "hirescam",
+        "xgradcam": "xgradcam",
+        "cam": "cam",
+        "smooth gradcam": {"method": "gradcam", "noise": 0.1, "samples": 4},
+        "captum Occlusion 14x14": _captum_occlusion(backend.model),
+        "occlusion": "occlusion",
+        "scorecam": {"method": "scorecam", "channels": 128 if quick else 256},
+        "ablationcam": "ablationcam",
+        "rise": {"method": "rise", "masks": 500 if quick else 2000},
+    }
+
+
+def _settings(quick: bool) -> dict[str, Any]:
+    return {
+        "steps": 20,
+        "percentiles": (20, 50, 80) if quick else (10, 20, 30, 40, 50, 60, 70, 80, 90),
+        "noise_samples": 3 if quick else 5,
+        "randomize": 1,
+    }
+
+
+def _markdown(ev: featvis.Evaluation, title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| method | "
+        + " | ".join(f"{k} {'↑' if METRICS[k][0] else '↓'}" for k in ev.metrics)
+        + " |",
+    ]
+    lines.append("|---" * (len(ev.metrics) + 1) + "|")
+    best = {k: ev.best(k) for k in ev.metrics}
+    for method in ev.methods:
+        cells = []
+        for k in ev.metrics:
+            mu, se = ev.mean(method, k), ev.se(method, k)
+            text = "n/a" if not np.isfinite(mu) else f"{mu:.3f} ± {se:.3f}"
+            cells.append(f"**{text}**" if best[k] == method else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if REFERENCE in ev.methods:
+        lines += [
+            "",
+            f"Paired differences against {REFERENCE} (mean ± SE over the images; "
+            "`+` better, `-` worse by more than 2 SE):",
+            "",
+            "| method | " + " | ".join(ev.metrics) + " |",
+            "|---" * (len(ev.metrics) + 1) + "|",
+        ]
+        for method in ev.methods:
+            if method == REFERENCE:
+                continue
+            cells = []
+            for k in ev.metrics:
+                d, se = ev.paired(REFERENCE, k)[method]
+                if not np.isfinite(d):
+                    cells.append("n/a")
+                    continue
+                good = d if METRICS[k][0] else -d
+                mark = (
+                    " +"
+                    if se > 0 and good > 2 * se
+                    else (" -" if se > 0 and -good > 2 * se else "")
+                )
+                cells.append(f"{d:+.3f} ± {se:.3f}{mark}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    seconds = {m: sum(t.values()) / len(ev) for m, t in ev.times.items()}
+    lines += [
+        "",
+        "Seconds per image (making the maps and every metric): "
+        + ", ".join(f"{m} {s:.1f}" for m, s in seconds.items()),
+        "",
+        ev.protocol(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _merged(parts: list[featvis.Evaluation]) -> featvis.Evaluation:
+    """One evaluation from several of the same images and settings, one method each."""
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        methods=[m for p in parts for m in p.methods],
+        values={k: v for p in parts for k, v in p.values.items()},
+        curves={k: v for p in parts for k, v in p.curves.items()},
+        maps={k: v for p in parts for k, v in p.maps.items()},
+        times={k: v for p in parts for k, v in p.times.items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="6 images, lighter settings")
+    parser.add_argument("--images", type=int, default=None, help="images (default 48; quick 6)")
+    parser.add_argument("--out", default="bench-evaluate", help="output folder")
+    parser.add_argument("--no-onnx", action="store_true", help="PyTorch rows only")
+    parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
+    parser.add_argument("--metrics", nargs="*", help="only these metrics")
+    args = parser.parse_args(argv)
+    n = args.images or (6 if args.quick else 48)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = _images(n)
+    backend = featvis.load_model("efficientnet_lite0")
+    methods = _methods(backend, n, args.quick)
+    settings = _settings(args.quick)
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods}
+    if args.metrics:
+        settings["metrics"] = args.metrics
+    start = time.perf_counter()
+    parts = []
+    for name, method in methods.items():  # one at a time, the table rewritten after each
+        parts.append(featvis.evaluate(backend, images, {name: method}, **settings))
+        ev = _merged(parts)
+        took = time.perf_counter() - start
+        text = [
+            f"# Leaderboard: EfficientNet-Lite0, {n} SampleImages (seed 14), "
+            f"{'quick' if args.quick else 'full'} settings; {took / 60:.1f} min so far",
+            "",
+            _markdown(ev, "PyTorch"),
+        ]
+        (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
+        print(f"{name}: {ev[name]} ({took / 60:.1f} min)", flush=True)
+    ev.figure().save(out / "curves.png")
+    ev.maps_figure(ev.methods[0], count=6).save(out / "maps.png")
+    results = {"torch": {m: ev[m] for m in ev.methods}}
+    if not args.no_onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = backend.to_onnx(Path(tmp) / "lite0.onnx")
+            onnx_backend = featvis.load(path, preprocess=backend.preprocess)
+            onnx_backend.categories = backend.categories
+            free = {k: methods[k] for k in ("eigencam", "cam", "occlusion", "random map")}
+            free["gradcam (torch's maps)"] = ev.maps[REFERENCE]
+            ev_onnx = featvis.evaluate(onnx_backend, images, free, progress=True, **settings)
+            text.append(_markdown(ev_onnx, "ONNX Runtime (the same model exported)"))
+            gaps = []
+            for name, twin in (
+                ("eigencam", "eigencam"),
+                ("cam", "cam"),
+                ("occlusion", "occlusion"),
+                ("random map", "random map"),
+                ("gradcam (torch's maps)", REFERENCE),
+            ):
+                for k in ev_onnx.metrics:
+                    a, b = ev_onnx.values[name][k], ev.values[twin][k]
+                    ok = np.isfinite(a) & np.isfinite(b)
+                    if ok.any():
+                        gaps.append((name, k, float(np.abs(a[ok] - b[ok]).max())))
+            worst = max(gaps, key=lambda g: g[2])
+            text.append(
+                f"Largest per-image |ONNX - torch| over those rows and metrics: "
+                f"{worst[2]:.2e} ({worst[0]}, {worst[1]}).\n"
+            )
+            results["onnx"] = {m: ev_onnx[m] for m in ev_onnx.methods}
+    (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(results, indent=1, default=float), encoding="utf-8"
+    )
+    print("\n".join(text))
+
+
+def rows(quick: bool) -> Iterator[Row]:
+    backend = featvis.load_model("efficientnet_lite0")
+    images = _images(2)
+    batch = featvis.prepare_images(images, backend.preprocess)
+    maps = featvis.explain(backend, batch, method="gradcam").maps
+    target = int(probability(backend, batch[:1], None).argmax())
+    for k in (10,) if quick else (10, 20):
+        stack = np.repeat(batch[:1], 2 * (k + 1), axis=0)
+
+        def metric(k: int = k) -> object:
+            return deletion_insertion(
+                backend,
+                batch[0],
+                maps[0],
+                target,
+                steps=k,
+                deletion="mean",
+                insertion="blur",
+                sigma=5.0,
+                batch_size=32,
+            )
+
+        def forwards(stack: np.ndarray = stack) -> object:
+            return backend.scores(stack, batch_size=32)
+
+        case, ref = compare(metric, forwards, rounds=3 if quick else 5)
+        yield Row(
+            "evaluate",
+            f"deletion+insertion, {k} steps",
+            f"{2 * (k + 1)} batched forwards",
+            case,
+            ref,
+            target=1.15,
+        )
+    percentiles = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    one = np.zeros((1, *batch.shape[1:]), np.float32)
+
+    def road_one() -> object:
+        return road(
+            backend,
+            batch[0],
+            maps[0],
+            target,
+            percentiles=percentiles,
+            noise=0.01,
+            rng=np.random.default_rng(0),
+            batch_size=32,
+        )
+
+    def one_second() -> object:
+        time.sleep(1.0)
+        return one
+
+    case, ref = compare(road_one, one_second, rounds=1 if quick else 3, min_round_s=0.0)
+    yield Row(
+        "evaluate",
+        "ROAD, 9 percentiles x 2 orders, one image",
+        "1 s (the target)",
+        case,
+        ref,
+        target=1.0,
+    )
+
+
+if __name__ == "__main__":
+    main()
