@@ -84,13 +84,7 @@ def nchw_view(
     ArgumentError
         If the tensor's rank or batch is not what the placement was made for.
     """
-    if placement.identity and tensor.dim() == 4 and tensor.shape[0] == batch:
-        return tensor
-    expanded, order, prefix, nchw = placement.steps(tuple(tensor.shape), batch, image_size)
-    view = tensor if expanded is None else tensor.reshape(expanded)
-    view = view.permute(order)
-    if prefix:
-        view = view.narrow(-1, prefix, view.shape[-1] - prefix)
+    view, nchw = _permuted(tensor, placement, batch, image_size)
     return view.reshape(nchw)
 
 
@@ -107,7 +101,12 @@ def take(
     ArgumentError
         If the tensor's rank or batch is not what the placement was made for.
     """
-    view, shape = copy_source(tensor, placement, batch, image_size)
+    return copy_into_new(*copy_source(tensor, placement, batch, image_size))
+
+
+def copy_into_new(view: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """``view`` copied into a new C-contiguous float32 array of ``shape`` (viewed as
+    ``view.shape``)."""
     out = np.empty(shape, np.float32)
     # copy_ converts the dtype, gathers any strides and, from a GPU, waits for the transfer
     # (non_blocking=False) before returning, so the array is complete when it is read.
@@ -121,7 +120,14 @@ def copy_source(
     """``(view, nchw)``: ``tensor`` detached, reshaped and permuted so that copying it into
     C-contiguous memory of shape ``nchw`` (viewed as ``view.shape``) lays it out as NCHW: one
     copy, whatever its strides (the final reshape of :func:`nchw_view` could copy again)."""
-    tensor = tensor.detach()
+    return _permuted(tensor.detach(), placement, batch, image_size)
+
+
+def _permuted(
+    tensor: torch.Tensor, placement: Placement, batch: int, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The placement's reshape, permutation and slice of ``tensor``, and the NCHW shape
+    they lay out in C order."""
     if placement.identity and tensor.dim() == 4 and tensor.shape[0] == batch:
         return tensor, tuple(tensor.shape)
     expanded, order, prefix, nchw = placement.steps(tuple(tensor.shape), batch, image_size)

@@ -36,9 +36,9 @@ def take_pinned(view: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     try:
         host = torch.empty(shape, dtype=torch.float32, pin_memory=True)
     except RuntimeError:  # no page-locked memory left: the plain copy, which waits
-        out = np.empty(shape, np.float32)
-        torch.from_numpy(out).view(view.shape).copy_(view, non_blocking=False)
-        return out
+        from featvis_torch._capture import copy_into_new  # (it imports this module)
+
+        return copy_into_new(view, shape)
     host.view(view.shape).copy_(view, non_blocking=True)
     return host.numpy()
 

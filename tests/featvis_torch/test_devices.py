@@ -277,9 +277,17 @@ def test_summaries_of_an_in_place_relus_input_are_of_its_own_output() -> None:
     assert (bn1.low < 0).any() and (relu1.low >= 0).all()
 
 
-def test_the_pinned_copy_falls_back_to_the_plain_one_without_page_locked_memory() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("page-locked memory is available here: the fallback does not run")
+def test_the_pinned_copy_falls_back_to_the_plain_one_without_page_locked_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    empty = torch.empty
+
+    def no_pinned_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs.get("pin_memory"):  # as when page-locked memory has run out
+            raise RuntimeError("CUDA error: out of memory (page-locked)")
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", no_pinned_memory)  # on a CUDA machine too
     backend = TorchBackend(small_net(), preprocess=SMALL)
     backend.layers()
     place = backend._sites["conv1"].placement
