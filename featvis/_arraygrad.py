@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featvis._backend import as_nchw
-from featvis._capabilities import Gradients, Objective, as_scores
+from featvis._capabilities import Gradients, Objective, as_scores, gradient_request
 from featvis._errors import ArgumentError
 from featvis._layers import Layer
 
@@ -90,19 +90,8 @@ def differentiate(
     batch_size: int | None = None,
 ) -> Gradients:
     """:meth:`featvis.Differentiable.gradients` for an ArrayBackend whose steps have vjps."""
-    if not isinstance(objective, Objective):
-        raise ArgumentError(
-            f"objective must be a featvis.Objective, not {type(objective).__name__}."
-        )
-    if isinstance(layers, (str, Layer)):
-        raise ArgumentError("layers must be a list of layer names (possibly empty), not one name.")
-    keys = list(layers)
-    resolved = [backend.layer(key) for key in keys]
-    target = None if objective.layer is None else backend.layer(objective.layer)
-    if not resolved and target is None and not input:
-        raise ArgumentError(
-            "Nothing to differentiate with respect to: ask for layers, or input=True."
-        )
+    req = gradient_request(backend, layers, objective, input=input, batch_size=batch_size)
+    target = req.target
     batch = backend._prepare(images)
     size = batch_size or len(batch)
     parts = [
@@ -110,7 +99,7 @@ def differentiate(
             backend,
             batch[s : s + size],
             np.arange(s, min(s + size, len(batch))),
-            [layer.index for layer in resolved],
+            [layer.index for layer in req.layers],
             target,
             objective,
             input,
@@ -119,8 +108,7 @@ def differentiate(
     ]
     acts: dict[str, np.ndarray] = {}
     grads: dict[str, np.ndarray] = {}
-    for j, key in enumerate(keys):
-        name = key.name if isinstance(key, Layer) else key
+    for j, (name, _) in enumerate(req.named()):
         acts[name] = np.concatenate([p[2][j] for p in parts])
         grads[name] = np.concatenate([p[3][j] for p in parts])
     return Gradients(

@@ -356,6 +356,71 @@ class Randomizable(Protocol):
         ...
 
 
+@dataclass
+class GradientRequest:
+    """What a :meth:`Differentiable.gradients` call asks for, checked the same way by every
+    backend (:func:`gradient_request`): the keys as given, their layers, the objective's
+    layer (``None``: the model's output) and the distinct layers to tap, that one included."""
+
+    keys: list[Any]
+    layers: list[Layer]
+    target: Layer | None
+    distinct: list[Layer]
+
+    def named(self) -> list[tuple[Any, Layer]]:
+        """``(name as the caller gave it, layer)`` per key, for the result's dicts."""
+        return [
+            (key.name if isinstance(key, Layer) else key, layer)
+            for key, layer in zip(self.keys, self.layers)
+        ]
+
+
+def gradient_request(
+    backend: Any,
+    layers: Any,
+    objective: Any,
+    *,
+    input: bool,
+    batch_size: int | None,
+) -> GradientRequest:
+    """The arguments of :meth:`Differentiable.gradients` checked, with errors that say what
+    to pass instead, and resolved through ``backend.layer``.
+
+    Raises
+    ------
+    ArgumentError
+        For an objective that is no :class:`Objective`, one layer name instead of a list,
+        nothing to differentiate with respect to, or a bad ``batch_size``.
+    LayoutError
+        For a layer featvis cannot place (:attr:`Layer.unavailable`).
+    """
+    if not isinstance(objective, Objective):
+        raise ArgumentError(
+            f"objective must be a featvis.Objective, not {type(objective).__name__} "
+            "(featvis.Objective.linear(weights) builds the common ones)."
+        )
+    if isinstance(layers, (str, Layer)):
+        raise ArgumentError("layers must be a list of layer names (possibly empty), not one name.")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    keys = list(layers)
+    resolved = [backend.layer(key) for key in keys]
+    target = None if objective.layer is None else backend.layer(objective.layer)
+    if not resolved and target is None and not input:
+        raise ArgumentError(
+            "Nothing to differentiate with respect to: ask for layers, or input=True."
+        )
+    distinct = list({layer.name: layer for layer in resolved}.values())
+    if target is not None and target.name not in {layer.name for layer in distinct}:
+        distinct.append(target)
+    for layer in distinct:
+        if layer.unavailable is not None:
+            from featvis._backend import _unavailable  # (it imports this module)
+
+            raise _unavailable(layer)
+    return GradientRequest(keys, resolved, target, distinct)
+
+
 _C = TypeVar("_C")
 
 

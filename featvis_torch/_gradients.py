@@ -31,8 +31,7 @@ import torch
 from torch import nn
 
 from featvis import ArgumentError, Gradients, Layer, LayoutError, ModelError, Objective
-from featvis._backend import _unavailable
-from featvis._capabilities import as_scores
+from featvis._capabilities import as_scores, gradient_request
 from featvis_torch._capture import Extraction, StopForward, first_tensor, nchw_view, to_host
 
 if TYPE_CHECKING:
@@ -88,15 +87,6 @@ class _Tap:
         return output.clone()
 
 
-def _check_objective(objective: Any) -> Objective:
-    if not isinstance(objective, Objective):
-        raise ArgumentError(
-            f"objective must be a featvis.Objective, not {type(objective).__name__} "
-            "(featvis.Objective.linear(weights) builds the common ones)."
-        )
-    return objective
-
-
 def differentiate(
     backend: TorchBackend,
     images: Any,
@@ -107,24 +97,8 @@ def differentiate(
     batch_size: int | None = None,
 ) -> Gradients:
     """:meth:`featvis.Differentiable.gradients` for a :class:`TorchBackend`."""
-    objective = _check_objective(objective)
-    if isinstance(layers, (str, Layer)):
-        raise ArgumentError("layers must be a list of layer names (possibly empty), not one name.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    keys = list(layers)
-    resolved = [backend.layer(key) for key in keys]
-    target = None if objective.layer is None else backend.layer(objective.layer)
-    if not resolved and target is None and not input:
-        raise ArgumentError(
-            "Nothing to differentiate with respect to: ask for layers, or input=True."
-        )
-    distinct = list({layer.name: layer for layer in resolved}.values())
-    if target is not None and target.name not in {layer.name for layer in distinct}:
-        distinct.append(target)
-    for layer in distinct:
-        if layer.unavailable is not None:
-            raise _unavailable(layer)
+    req = gradient_request(backend, layers, objective, input=input, batch_size=batch_size)
+    distinct, target = req.distinct, req.target
     batch = backend._prepare(images)
     total = len(batch)
     size = batch_size or total
@@ -142,8 +116,7 @@ def differentiate(
     }
     activations: dict[str, np.ndarray] = {}
     gradients: dict[str, np.ndarray] = {}
-    for key, layer in zip(keys, resolved):
-        name = key.name if isinstance(key, Layer) else key
+    for name, layer in req.named():
         activations[name], gradients[name] = by_name[layer.name]
     return Gradients(
         values=_cat([p.values for p in parts]),
