@@ -421,6 +421,32 @@ def gradient_request(
     return GradientRequest(keys, resolved, target, distinct)
 
 
+def patch_request(
+    backend: Any, image: Any, layer: Any, batch_size: int | None
+) -> tuple[Layer, np.ndarray]:
+    """The arguments of :meth:`Patchable.patched_scores` checked the same way by every
+    backend: the layer (one featvis can place) and the prepared batch of the one image.
+
+    Raises
+    ------
+    ArgumentError
+        For more than one image or a bad ``batch_size``.
+    LayoutError
+        For a layer featvis cannot place (:attr:`Layer.unavailable`).
+    """
+    found = backend.layer(layer)
+    if found.unavailable is not None:
+        from featvis._backend import _unavailable  # (it imports this module)
+
+        raise _unavailable(found)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch = backend._prepare(image)
+    if len(batch) != 1:
+        raise ArgumentError(f"patched_scores takes one image, got a batch of {len(batch)}.")
+    return found, batch
+
+
 _C = TypeVar("_C")
 
 

@@ -28,8 +28,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from featvis import ArgumentError, CapabilityError, Layer, ModelError
-from featvis._backend import _unavailable
-from featvis._capabilities import as_scores
+from featvis._capabilities import as_scores, patch_request
 from featvis_onnx._graph import GraphInfo, attributes
 
 if TYPE_CHECKING:
@@ -157,19 +156,12 @@ def patched_scores(
     batch_size: int | None = None,
 ) -> np.ndarray:
     """:meth:`featvis.Patchable.patched_scores` for an :class:`OnnxBackend`."""
-    found = backend.layer(layer)
-    if found.unavailable is not None:
-        raise _unavailable(found)
+    found, batch = patch_request(backend, image, layer, batch_size)
     tensor_plan = backend._plans[found.name]
     if tensor_plan.quantization is not None:
         raise CapabilityError(
             f"Layer {found.name!r} is quantized; featvis replaces float activations only."
         )
-    batch = backend._prepare(image)
-    if len(batch) != 1:
-        raise ArgumentError(f"patched_scores takes one image, got a batch of {len(batch)}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     image_size = (int(batch.shape[2]), int(batch.shape[3]))
     rest = _rest(backend, found)
     before = backend._run_tensors(batch, [rest.cut, *rest.crossing])  # the part before, once

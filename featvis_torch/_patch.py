@@ -23,8 +23,7 @@ from torch import nn
 
 from featvis import ArgumentError, CapabilityError, Layer, ModelError
 from featvis._axes import Placement
-from featvis._backend import _unavailable
-from featvis._capabilities import as_scores
+from featvis._capabilities import as_scores, patch_request
 from featvis_torch._capture import Extraction, first_tensor, take
 
 if TYPE_CHECKING:
@@ -143,15 +142,8 @@ def patched_scores(
     batch_size: int | None = None,
 ) -> np.ndarray:
     """:meth:`featvis.Patchable.patched_scores` for a :class:`TorchBackend`."""
-    found = backend.layer(layer)
-    if found.unavailable is not None:
-        raise _unavailable(found)
+    found, batch = patch_request(backend, image, layer, batch_size)
     site = backend._sites[found.name]
-    batch = backend._prepare(image)
-    if len(batch) != 1:
-        raise ArgumentError(f"patched_scores takes one image, got a batch of {len(batch)}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     rows = activations if callable(activations) else _checked(activations)
     mode = _mode(backend, batch, found, site)
     if mode == REPEAT and callable(rows):
