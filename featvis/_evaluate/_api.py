@@ -340,7 +340,7 @@ def evaluate(
                 for key, found in parts.items():
                     if found:
                         c[key] = np.stack(found).astype(np.float64)
-                        v[key] = m._auc(c[key])
+                        v[key] = m._auc(c[key], batch.shape[2] * batch.shape[3])
                 cost["deletion+insertion"] = time.perf_counter() - clock
             if "road" in chosen:
                 clock = time.perf_counter()

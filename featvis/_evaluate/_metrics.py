@@ -79,10 +79,12 @@ def counts(pixels: int, steps: int) -> np.ndarray:
     return np.rint(np.arange(steps + 1) * (pixels / steps)).astype(np.int64)
 
 
-def _auc(curve: np.ndarray) -> np.ndarray:
-    """Trapezoidal area under curves sampled at ``0, 1/k, ..., 1`` (last axis)."""
-    k = curve.shape[-1] - 1
-    return (curve[..., 1:] + curve[..., :-1]).sum(axis=-1) / (2 * k)
+def _auc(curve: np.ndarray, pixels: int) -> np.ndarray:
+    """Trapezoidal area under curves (last axis) sampled at the fractions of pixels actually
+    removed, ``counts(pixels, k) / pixels`` for ``k + 1`` points: ``i / k`` exactly when ``k``
+    divides ``pixels``, otherwise within ``1 / (2 * pixels)`` of it."""
+    x = counts(pixels, curve.shape[-1] - 1) / pixels
+    return ((curve[..., 1:] + curve[..., :-1]) * np.diff(x)).sum(axis=-1) / 2
 
 
 def deletion_insertion(
@@ -104,7 +106,8 @@ def deletion_insertion(
     substrate; insertion starts from the ``insertion`` substrate and puts the same pixels of
     the image back. The curve is the target's probability at each of the ``steps + 1`` points
     (``steps + 1`` forwards each, sent together); the metric is its trapezoidal area over the
-    fraction of pixels, ``[0, 1]``. Low deletion and high insertion are good.
+    fraction of pixels changed, ``round(i * H * W / steps) / (H * W)`` from 0 to 1. Low
+    deletion and high insertion are good.
 
     Returns ``{"deletion": (steps + 1,), "insertion": (steps + 1,)}`` for those asked.
     """
