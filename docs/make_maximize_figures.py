@@ -1,15 +1,16 @@
 """Write the figures of docs/maximize.md: optimized images of EfficientNet-Lite0's channels
 beside the dataset images that excite them most.
 
-    python docs/make_maximize_figures.py               # figures into docs/figures/
-    python docs/make_maximize_figures.py OUT_DIR [N]   # into OUT_DIR/figures/, N images
+    python docs/make_maximize_figures.py                             # into docs/figures/
+    python docs/make_maximize_figures.py OUT_DIR [N [STEPS [SIZE]]]  # into OUT_DIR/figures/
 
 It surveys ``_blocks.6._expand_conv`` (480 channels of 14x14, the middle of the network) of
 the embedded EfficientNet-Lite0 over N (default 400) :class:`featvis.samples.SampleImages`,
 optimizes one image per channel of :data:`CHANNELS` with :func:`featvis.maximize` (all in one
-batch), and draws each channel's optimized image left of its four strongest dataset patches.
-A second figure compares the Fourier parameterization with plain pixels on one channel. It
-prints the numbers the page quotes.
+batch; STEPS steps at SIZE pixels, default 128 and 128, which made the committed figures), and
+draws each channel's optimized image left of its four strongest dataset patches. A second
+figure compares the Fourier parameterization with plain pixels on one channel. It prints the
+numbers the page quotes, and :func:`run` returns them (the docs tests run it small).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -71,36 +73,74 @@ def high_frequency_share(images: np.ndarray) -> float:
     return float(power[:, f > 0.25].sum() / power.sum())
 
 
-def main(argv: list[str]) -> None:
-    out = (Path(argv[0]) if argv else Path(__file__).parent) / "figures"
-    n = int(argv[1]) if len(argv) > 1 else 400
+class Numbers(NamedTuple):
+    """What the page quotes, as :func:`run` measured it (a named tuple: the script is loaded
+    by path in the tests, outside ``sys.modules``, where a dataclass cannot resolve its types)."""
+
+    figures: list[Path]  #: beside the dataset, pixels against Fourier, the layer view
+    optimized: dict[int, float]  #: each channel's mean on its optimized image
+    strongest_sample: dict[int, float]  #: the channel's mean on the strongest skimage sample
+    high_frequency: dict[str, float]  #: share of energy above 1/4 cycle/pixel, by param.
+    objective: dict[str, float]  #: the compared channel's mean, by parameterization
+    seconds: float  #: the optimization of :data:`CHANNELS` in one batch
+
+
+def run(out_dir: Path, count: int = 400, *, steps: int = STEPS, size: int = SIZE) -> Numbers:
+    """Write the figures into ``out_dir / "figures"``, print the numbers and return them."""
+    out = out_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
     backend = featvis.load_model("efficientnet_lite0")
-    images = SampleImages(n)
+    images = SampleImages(count)
     survey = featvis.survey(backend, images, [LAYER], k=4, progress=False)
     start = time.perf_counter()
-    result = featvis.maximize(backend, LAYER, list(CHANNELS), steps=STEPS, size=SIZE)
+    result = featvis.maximize(backend, LAYER, list(CHANNELS), steps=steps, size=size)
     took = time.perf_counter() - start
     patches = patch_montage(survey, LAYER, list(CHANNELS), images, cell=CELL, gap=2)
-    beside_figure(result, patches).save(out / "maximize_beside_dataset.jpg", quality=90)
+    beside = out / "maximize_beside_dataset.jpg"
+    beside_figure(result, patches).save(beside, quality=90)
     natural = backend.activations([sample(s) for s in SAMPLES], LAYER).mean(axis=(2, 3))
-    print(f"{len(CHANNELS)} channels, {STEPS} steps at {SIZE} px in one batch: {took:.0f} s")
+    print(f"{len(CHANNELS)} channels, {steps} steps at {size} px in one batch: {took:.0f} s")
     for i, c in enumerate(CHANNELS):
         best = survey.top(LAYER, c)[0]
         print(
             f"channel {c}: optimized mean {result.values[i]:.2f}; strongest scikit-image sample "
             f"mean {natural[:, c].max():.2f}; best surveyed image peak {best.value:.2f}"
         )
-    run = {"steps": STEPS, "size": SIZE, "seed": 1}
-    fourier = featvis.maximize(backend, LAYER, [CHANNELS[0]], **run)
-    pixels = featvis.maximize(backend, LAYER, [CHANNELS[0]], parameterization="pixels", **run)
-    compare_figure(pixels, fourier).save(out / "maximize_pixels_fourier.jpg", quality=90)
+    fourier, pixels = (
+        featvis.maximize(
+            backend, LAYER, [CHANNELS[0]], steps=steps, size=size, seed=1, parameterization=p
+        )
+        for p in ("fourier", "pixels")
+    )
+    compare = out / "maximize_pixels_fourier.jpg"
+    compare_figure(pixels, fourier).save(compare, quality=90)
+    share = {"pixels": high_frequency_share(pixels.images)}
+    share["fourier"] = high_frequency_share(fourier.images)
     print(
-        f"share of energy above 1/4 cycle/pixel: pixels {high_frequency_share(pixels.images):.3f}, "
-        f"fourier {high_frequency_share(fourier.images):.3f}; objective pixels "
+        f"share of energy above 1/4 cycle/pixel: pixels {share['pixels']:.3f}, "
+        f"fourier {share['fourier']:.3f}; objective pixels "
         f"{pixels.values[0]:.2f}, fourier {fourier.values[0]:.2f}"
     )
-    result.picture(labels=True).save(out / "maximize_layer.png")
+    layer = out / "maximize_layer.png"
+    result.picture(labels=True).save(layer)
+    return Numbers(
+        figures=[beside, compare, layer],
+        optimized={c: float(v) for c, v in zip(CHANNELS, result.values)},
+        strongest_sample={c: float(natural[:, c].max()) for c in CHANNELS},
+        high_frequency=share,
+        objective={"pixels": float(pixels.values[0]), "fourier": float(fourier.values[0])},
+        seconds=took,
+    )
+
+
+def main(argv: list[str]) -> None:
+    out_dir = Path(argv[0]) if argv else Path(__file__).parent
+    numbers = [int(a) for a in argv[1:4]]
+    count = numbers[0] if numbers else 400
+    steps = numbers[1] if len(numbers) > 1 else STEPS
+    size = numbers[2] if len(numbers) > 2 else SIZE
+    for path in run(out_dir, count, steps=steps, size=size).figures:
+        print(path)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,24 @@ def test_other_objectives_go_up(backend, objective, layer, channels, images) -> 
     assert (result.values > start.values).all()
 
 
+def test_under_transforms_the_neuron_is_the_centre_of_what_the_model_sees(backend) -> None:
+    """As in Lucid and lucent, objective="neuron" takes the centre of the layer output of the
+    transformed (padded, shifted, scaled, rotated) view at each step: the first step's value
+    is that position of the view of the seeded start image, written out here."""
+    channels, size, seed = [2, 5], (16, 16), 7
+    run = {"objective": "neuron", "steps": 1, "size": size, "seed": seed, "transforms": SMALL}
+    result = featvis.maximize(backend, "conv2", channels, **run)
+    param = fourier(size)
+    rngs = [np.random.default_rng([seed, i]) for i in range(2)]
+    start = param.image(np.concatenate([param.init(rng, 1) for rng in rngs]))[0]
+    view = SMALL.draw(rngs, size).apply(start)
+    acts = backend.activations(_normalized(view, backend.preprocess), "conv2")
+    image_acts = backend.activations(_normalized(start, backend.preprocess), "conv2")
+    assert acts.shape[2:] != image_acts.shape[2:]  # the view's map is bigger (the border)
+    h, w = acts.shape[2] // 2, acts.shape[3] // 2
+    np.testing.assert_allclose(result.history[0], acts[[0, 1], channels, h, w], rtol=1e-5)
+
+
 def test_diversity_makes_the_images_of_one_channel_less_alike(backend) -> None:
     run = {"steps": 30, "size": 16, "count": 3, "transforms": SMALL}
     layer = backend.layer("relu2")
