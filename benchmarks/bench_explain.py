@@ -267,14 +267,19 @@ def _captum_occlusion(lite: Lite0) -> Callable[[], object]:
 
 
 _MEMORY = """
-import resource, sys, numpy as np, torch, featvis, skimage.data
+import sys, numpy as np, torch, featvis, skimage.data
+from pathlib import Path
+def status(key):  # kB, from /proc/self/status
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+    return int(line.split()[1])
 backend = featvis.load_model("efficientnet_lite0")
 n, who = int(sys.argv[1]), sys.argv[2]
 image = skimage.data.chelsea()
 x = featvis.prepare_images([image] * n, backend.preprocess)
 x += np.random.default_rng(0).normal(0, 0.01, x.shape).astype(np.float32)  # n distinct images
 backend.scores(x[:1])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to what is resident now
+before = status("VmRSS:")
 if who == "featvis":
     featvis.explain(backend, x, method="occlusion", window=16)
 else:
@@ -282,7 +287,7 @@ else:
     with torch.no_grad():
         Occlusion(backend.model).attribute(torch.from_numpy(x), sliding_window_shapes=(3, 16, 16),
                                            strides=(3, 16, 16), target=0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(status("VmHWM:") - before)
 """
 
 
