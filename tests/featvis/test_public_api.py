@@ -56,3 +56,13 @@ def test_errors_share_one_base_and_the_fitting_builtin() -> None:
 def test_unknown_layer_message_is_not_quoted_like_a_key_error() -> None:
     message = "Unknown layer 'x'."
     assert str(featvis.UnknownLayerError(message)) == message
+
+
+def test_import_featvis_leaves_scipy_for_when_it_is_needed() -> None:
+    # scipy.sparse (ROAD's solver) costs 0.3 s of the start of every command; a newcomer's
+    # `featvis layers` must not pay for it.
+    code = "import sys, featvis; print('scipy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
