@@ -50,7 +50,7 @@ from featvis._explain._occlusion import rise_masks
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry",
            "retina", "hubble_deep_field")  # fmt: skip
 GRADIENT = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
-BATCH = 32
+BATCH = 8  # featvis.explain's default for perturbed images (PERTURBATION_BATCH)
 
 
 def _images() -> list[np.ndarray]:

@@ -161,7 +161,8 @@ def explain(
     seed : int
         Seeds the noise and the random masks of RISE: the same seed gives the same map.
     batch_size : int, optional
-        Images per pass through the model (gradients: 32; perturbed images: 32).
+        Images per pass through the model (gradients: 32; perturbed images: 8, the fastest
+        batch on a CPU here; pass more on a GPU).
     progress : bool, optional
         A progress bar for long methods; by default only when stderr is a terminal.
     **options

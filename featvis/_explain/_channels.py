@@ -18,13 +18,17 @@ import numpy as np
 
 from featvis._capabilities import Patchable, Scorer, require
 from featvis._errors import ArgumentError
-from featvis._explain._common import bilinear_matrix, chunks, distinct_images, progress_bar
+from featvis._explain._common import (
+    PERTURBATION_BATCH,
+    bilinear_matrix,
+    chunks,
+    distinct_images,
+    progress_bar,
+)
 from featvis._explain._registry import MethodRequest, MethodResult
 
 __all__ = ["ablationcam", "scorecam"]
 
-#: Masked images per call of ``scores`` when the caller does not choose.
-PERTURBATION_BATCH = 32
 #: Bytes of ablated activations handed to ``patched_scores`` at once.
 ABLATION_BYTES = 512 << 20
 

@@ -13,14 +13,18 @@ import numpy as np
 
 from featvis._capabilities import Scorer, require
 from featvis._errors import ArgumentError
-from featvis._explain._common import bilinear_matrix, chunks, distinct_images, progress_bar
+from featvis._explain._common import (
+    PERTURBATION_BATCH,
+    bilinear_matrix,
+    chunks,
+    distinct_images,
+    progress_bar,
+)
 from featvis._explain._registry import MethodRequest, MethodResult
 from featvis._predict import softmax
 
 __all__ = ["occlusion", "rise"]
 
-#: Perturbed images per call of ``scores`` when the caller does not choose.
-PERTURBATION_BATCH = 32
 #: The occlusion grid when no window is given: this many windows per side.
 DEFAULT_GRID = 14
 
