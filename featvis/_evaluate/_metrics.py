@@ -151,15 +151,23 @@ def road(
     ``1 - map``); removed pixels are filled by noisy linear imputation
     (:func:`featvis._evaluate._road.impute`, noise ``noise`` in the input space). The curves
     are the target's probability at each ``p``; ROAD (combined, pytorch-grad-cam's
-    ``ROADCombined``) is ``mean(LeRF - MoRF) / 2``: high is good.
+    ``ROADCombined``) is ``mean(LeRF - MoRF) / 2``: high is good. A mask that removes every
+    pixel (a constant map: every value is at its percentile) leaves nothing to impute from:
+    that point is NaN, and so is the image's ROAD, which the means leave out.
     """
-    stacks = []
+    stacks, defined = [], []
     for reverse in (False, True):
         values = 1.0 - saliency if reverse else saliency
         for p in percentiles:
             removed = ~(values < np.percentile(values, p))
-            stacks.append(impute(image, removed, noise=noise, rng=rng))
-    probs = probability(scorer, np.stack(stacks), batch_size)[:, target]
+            defined.append(not removed.all())
+            if defined[-1]:
+                stacks.append(impute(image, removed, noise=noise, rng=rng))
+    probs = np.full(len(defined), np.nan)
+    if stacks:
+        probs[np.flatnonzero(defined)] = probability(scorer, np.stack(stacks), batch_size)[
+            :, target
+        ]
     morf, lerf = probs[: len(percentiles)], probs[len(percentiles) :]
     return {"morf": morf, "lerf": lerf}
 

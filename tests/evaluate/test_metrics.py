@@ -239,3 +239,20 @@ def test_substrates_never_write_into_the_image() -> None:
         assert out.shape == x.shape and out.dtype == np.float32
     np.testing.assert_array_equal(x, kept)
     assert np.allclose(substrate(x, "mean")[:, 0, 0], x.mean(axis=(1, 2)), atol=1e-6)
+
+
+def test_road_of_a_constant_map_is_not_a_number_and_nothing_is_solved(
+    quadrant: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    # Every value of a constant map is at its percentile: every pixel would be removed and
+    # there is nothing to impute from (the system would be singular). The image's ROAD is
+    # NaN, left out of the mean, and no warning or NaN input reaches the model.
+    import warnings
+
+    maps = np.stack([np.zeros((SIZE, SIZE), np.float32), _bump(7.5, 7.5, 1)[0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = featvis.evaluate(quadrant, images[:2], {"flat first": maps}, metrics=["road"])
+    road = ev.values["flat first"]["road"]
+    assert np.isnan(road[0]) and np.isfinite(road[1])
+    assert ev["flat first"]["road"] == pytest.approx(road[1])
