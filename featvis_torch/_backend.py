@@ -7,7 +7,6 @@ import importlib.util
 import io
 import itertools
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from featvis_torch._capture import (
     lock_for,
 )
 from featvis_torch._describe import describe, kind_of
+from featvis_torch._model_checks import as_device, check_modules, inspectable
 from featvis_torch._trace import Listing, list_calls
 
 __all__ = ["TorchBackend"]
@@ -132,8 +132,8 @@ class TorchBackend(BackendBase):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(preprocess=preprocess)
-        self.model = _inspectable(model)
-        self._device = None if device is None else _as_device(device)
+        self.model = inspectable(model)
+        self._device = None if device is None else as_device(device)
         self._where(first_weight(self.model))  # fail now for a wrong device or a meta model
         self._sites: dict[str, _Site] = {}
         self._not_layers: dict[str, str] = {}
@@ -365,7 +365,7 @@ class TorchBackend(BackendBase):
     # -- layers --------------------------------------------------------------------------------
 
     def _list_layers(self) -> list[Layer]:
-        _check_modules(self.model)
+        check_modules(self.model)
         names = {module: name for name, module in self.model.named_modules()}
         leaves = [m for m in names if next(m.children(), None) is None]
         size = self.preprocess.size or (224, 224)
@@ -507,62 +507,3 @@ class TorchBackend(BackendBase):
                 [(s.module, s.call, s.placement, layer) for s, layer in zip(sites, layers)]
             )
         return plan
-
-
-def _as_device(device: str | torch.device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ArgumentError(
-            f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({exc})."
-        ) from None
-
-
-def _is_scripted(module: nn.Module) -> bool:
-    return isinstance(module, torch.jit.ScriptModule)
-
-
-def _compiled_type() -> type | None:
-    # Only look if the user has compiled something: importing torch._dynamo is slow.
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    return getattr(eval_frame, "OptimizedModule", None)
-
-
-def _inspectable(model: Any) -> nn.Module:
-    """The module to hook: a compiled model's original, a (distributed) data-parallel model's
-    wrapped module (whose replicas run in other threads), after checking what ``model`` is."""
-    compiled = _compiled_type()
-    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, parallel) or (compiled is not None and isinstance(model, compiled)):
-        inner = "module" if isinstance(model, parallel) else "_orig_mod"
-        model = getattr(model, inner)
-    if _is_scripted(model):
-        raise ModelError(
-            "This is a TorchScript module: its submodules run as TorchScript and never call "
-            "Python forward hooks, so featvis cannot see their outputs. Pass the original "
-            "torch.nn.Module instead, e.g. build the model's class again and "
-            "model.load_state_dict(scripted.state_dict())."
-        )
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"TorchBackend takes a torch.nn.Module, not {type(model).__name__}.")
-    return model
-
-
-def _check_modules(model: nn.Module) -> None:
-    """Refuse submodules whose inside hooks cannot see, and unmaterialized lazy modules."""
-    compiled = _compiled_type()
-    lazy = nn.modules.lazy.LazyModuleMixin
-    for name, module in model.named_modules():
-        if _is_scripted(module) or (compiled is not None and isinstance(module, compiled)):
-            how = "TorchScript" if _is_scripted(module) else "torch.compile'd"
-            raise ModelError(
-                f"Submodule {name!r} is {how}: the modules inside it do not call Python hooks "
-                "in a way featvis can rely on. Use the original nn.Module for it (for "
-                "torch.compile, its ._orig_mod) when you build the model for featvis."
-            )
-        if isinstance(module, lazy) and module.has_uninitialized_params():  # type: ignore[misc]
-            raise ModelError(
-                f"Submodule {name!r} ({type(module).__name__}) has not been initialized yet. "
-                "Run the model once on a real input (model(x)) before inspecting it; featvis "
-                "does not change the model's parameters."
-            )
