@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import sys
 import tempfile
 import time
@@ -36,6 +37,26 @@ from featvis._evaluate._metrics import deletion_insertion, probability, road
 from featvis.samples import SampleImages
 
 REFERENCE = "gradcam"
+
+#: The rows, in the table's order (cheapest first); ``_methods`` builds them.
+ROWS = [
+    "gradcam",
+    "pytorch-grad-cam GradCAM",
+    "random map",
+    "centred Gaussian",
+    "gradcampp",
+    "layercam",
+    "eigencam",
+    "hirescam",
+    "xgradcam",
+    "cam",
+    "smooth gradcam",
+    "captum Occlusion 14x14",
+    "occlusion",
+    "scorecam",
+    "ablationcam",
+    "rise",
+]
 
 
 def _images(count: int) -> list[np.ndarray]:
@@ -90,7 +111,7 @@ def _gaussian(n: int, size: int = 224) -> np.ndarray:
 def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
     """Every method, cheapest first (so a run cut short still has the reference and peers)."""
     layer = featvis.default_layer(backend).name
-    return {
+    methods = {
         "gradcam": "gradcam",
         "pytorch-grad-cam GradCAM": _pgc_gradcam(backend.model, layer),
         "random map": np.random.default_rng(0).random((n, 224, 224)).astype(np.float32),
@@ -108,6 +129,8 @@ def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
         "ablationcam": "ablationcam",
         "rise": {"method": "rise", "masks": 500 if quick else 2000},
     }
+    assert list(methods) == ROWS, "ROWS names the rows _methods builds, in its order"
+    return methods
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -187,6 +210,29 @@ def _merged(parts: list[featvis.Evaluation]) -> featvis.Evaluation:
     )
 
 
+def _merge(out: Path, folders: list[Path]) -> None:
+    """The leaderboard of every row saved under ``folders`` (the same images and settings)."""
+    parts = []
+    for folder in folders:
+        for path in sorted((folder / "rows").glob("*.pkl")):
+            with open(path, "rb") as f:
+                parts.append(pickle.load(f))
+    if not parts:
+        raise SystemExit(f"no rows saved under {', '.join(map(str, folders))}")
+    order = ROWS
+    parts.sort(key=lambda p: order.index(p.methods[0]) if p.methods[0] in order else len(order))
+    ev = _merged(parts)
+    text = [
+        f"# Leaderboard: EfficientNet-Lite0, {len(ev)} SampleImages (seed 14), merged from "
+        f"{len(parts)} rows",
+        "",
+        _markdown(ev, "PyTorch"),
+    ]
+    (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
+    ev.figure().save(out / "curves.png")
+    print("\n".join(text))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 images, lighter settings")
@@ -195,10 +241,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-onnx", action="store_true", help="PyTorch rows only")
     parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
     parser.add_argument("--metrics", nargs="*", help="only these metrics")
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        metavar="DIR",
+        help="write DIR's leaderboard from the rows earlier runs saved in these folders "
+        "(each run keeps its rows in OUT/rows/, so long rows can run as separate jobs)",
+    )
     args = parser.parse_args(argv)
     n = args.images or (6 if args.quick else 48)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge is not None:
+        _merge(out, [Path(d) for d in args.merge])
+        return
     images = _images(n)
     backend = featvis.load_model("efficientnet_lite0")
     methods = _methods(backend, n, args.quick)
@@ -209,8 +265,11 @@ def main(argv: list[str] | None = None) -> None:
         settings["metrics"] = args.metrics
     start = time.perf_counter()
     parts = []
+    (out / "rows").mkdir(exist_ok=True)
     for name, method in methods.items():  # one at a time, the table rewritten after each
         parts.append(featvis.evaluate(backend, images, {name: method}, **settings))
+        with open(out / "rows" / f"{name}.pkl", "wb") as f:
+            pickle.dump(parts[-1], f)
         ev = _merged(parts)
         took = time.perf_counter() - start
         text = [
