@@ -18,7 +18,7 @@ import numpy as np
 
 from featvis._capabilities import Scorer
 from featvis._errors import ArgumentError
-from featvis._evaluate._road import impute
+from featvis._evaluate._road import available_cpus, impute_many
 from featvis._predict import softmax
 
 __all__ = [
@@ -155,14 +155,15 @@ def road(
     pixel (a constant map: every value is at its percentile) leaves nothing to impute from:
     that point is NaN, and so is the image's ROAD, which the means leave out.
     """
-    stacks, defined = [], []
+    masks, defined = [], []
     for reverse in (False, True):
         values = 1.0 - saliency if reverse else saliency
         for p in percentiles:
             removed = ~(values < np.percentile(values, p))
             defined.append(not removed.all())
             if defined[-1]:
-                stacks.append(impute(image, removed, noise=noise, rng=rng))
+                masks.append(removed)
+    stacks = impute_many(image, masks, noise=noise, rng=rng, threads=available_cpus())
     probs = np.full(len(defined), np.nan)
     if stacks:
         probs[np.flatnonzero(defined)] = probability(scorer, np.stack(stacks), batch_size)[
