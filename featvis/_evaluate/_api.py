@@ -20,6 +20,7 @@ from featvis._explain._explanation import Explanation
 from featvis._explain._registry import get_method
 from featvis._explain._targets import parse_targets
 from featvis._images import Images
+from featvis._threads import with_one_blas_thread
 
 __all__ = ["evaluate"]
 
@@ -165,6 +166,7 @@ def _metric_names(metrics: Sequence[str] | str | None, backend: Any) -> tuple[li
     return list(dict.fromkeys(chosen)), notes
 
 
+@with_one_blas_thread
 def evaluate(
     backend: Any,
     images: Images,
@@ -247,7 +249,7 @@ def evaluate(
     seed : int
         Seeds every random choice (ROAD's noise, the noisy copies, the re-drawn weights, RISE).
     batch_size : int, optional
-        Images per forward pass (8, the fastest batch on a CPU here; pass more on a GPU).
+        Images per forward pass (2, the fastest batch on a CPU here; pass more on a GPU).
     progress : bool, optional
         A progress bar; by default only when stderr is a terminal.
 

@@ -17,6 +17,7 @@ from featvis._explain._registry import Method, MethodRequest, MethodResult, get_
 from featvis._explain._targets import Resolved, Targets, parse_targets
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer
+from featvis._threads import with_one_blas_thread
 
 __all__ = ["default_layer", "explain"]
 
@@ -115,6 +116,7 @@ def _noisy(batch: np.ndarray, noise: float, samples: int, seed: int) -> np.ndarr
     return (copies + rng.standard_normal(copies.shape, np.float32) * sigma).astype(np.float32)
 
 
+@with_one_blas_thread
 def explain(
     backend: Any,
     images: Images,
@@ -161,7 +163,7 @@ def explain(
     seed : int
         Seeds the noise and the random masks of RISE: the same seed gives the same map.
     batch_size : int, optional
-        Images per pass through the model (gradients: 32; perturbed images: 8, the fastest
+        Images per pass through the model (gradients: 32; perturbed images: 2, the fastest
         batch on a CPU here; pass more on a GPU).
     progress : bool, optional
         A progress bar for long methods; by default only when stderr is a terminal.
