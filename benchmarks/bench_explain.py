@@ -44,13 +44,13 @@ import torch
 from harness import Row, compare
 
 import featvis
-from featvis._explain._common import bilinear_matrix
+from featvis._explain._common import PERTURBATION_BATCH, bilinear_matrix
 from featvis._explain._occlusion import rise_masks
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry",
            "retina", "hubble_deep_field")  # fmt: skip
 GRADIENT = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
-BATCH = 8  # featvis.explain's default for perturbed images (PERTURBATION_BATCH)
+BATCH = PERTURBATION_BATCH  # featvis.explain's default for perturbed images
 
 
 def _images() -> list[np.ndarray]:

@@ -12,12 +12,13 @@ import numpy as np
 __all__ = ["bilinear_matrix", "distinct_images", "progress_bar", "upsample"]
 
 #: Perturbed images per call of ``scores`` when the caller does not choose (occlusion, RISE,
-#: Score-CAM, and featvis.evaluate). Measured on the 2-core CPU (EfficientNet-Lite0, 224 px,
-#: 2026-12-02): 39 ms per image at batches of 4-8, 46 at 16, 57 at 32 (the activations of a
-#: large batch no longer stay in cache); occlusion 14x14 took 7.4 s at 8 against 11.8 s at 32
-#: (captum's, one image a pass: 9.6 s). ONNX Runtime was flat (35-40 ms). On a GPU, pass a
-#: larger ``batch_size``.
-PERTURBATION_BATCH = 8
+#: Score-CAM, and featvis.evaluate): small, because on a CPU the activations of a large batch
+#: no longer stay in cache. EfficientNet-Lite0 at 224 px through PyTorch, ms per image at
+#: batches of 1/2/4/8/16/32: 14-18/10/14-15/24-26/24-32/47-74 on this project's 2-core AMD
+#: EPYC (2 MB L2 a core, 2026-12-02; occlusion 14x14 1.6 s at 2, 2.3 s at 4, 4.6-5.2 s at 8);
+#: an earlier 2-core machine: 39 at 4-8, 57 at 32. ONNX Runtime is flat (11-16 ms here). On a
+#: GPU, pass a larger ``batch_size``.
+PERTURBATION_BATCH = 2
 
 
 def bilinear_matrix(n_in: int, n_out: int, *, align_corners: bool = False) -> np.ndarray:
