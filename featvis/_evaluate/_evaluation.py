@@ -151,8 +151,13 @@ class Evaluation:
             row = [method]
             for metric in self.metrics:
                 v = self._values(method, metric)
-                mu, s = _mean(v), _se(v)
-                row.append("n/a" if not np.isfinite(mu) else f"{mu:.3f} ± {s:.3f}")
+                mu, s, finite = _mean(v), _se(v), int(np.isfinite(v).sum())
+                if not np.isfinite(mu):
+                    row.append("n/a")
+                    continue
+                cell = f"{mu:.3f} ± {s:.3f}" if np.isfinite(s) else f"{mu:.3f}"
+                # an undefined value (a constant map's rank correlation) is left out: say so
+                row.append(cell if finite == len(v) else f"{cell} ({finite} of {len(v)})")
             rows.append(row)
         return rows
 

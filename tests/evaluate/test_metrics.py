@@ -256,3 +256,16 @@ def test_road_of_a_constant_map_is_not_a_number_and_nothing_is_solved(
     road = ev.values["flat first"]["road"]
     assert np.isnan(road[0]) and np.isfinite(road[1])
     assert ev["flat first"]["road"] == pytest.approx(road[1])
+
+
+def test_a_mean_over_fewer_images_than_evaluated_says_how_many(
+    quadrant: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    # ROAD of a constant map is undefined: the table gives the mean of the others and says
+    # over how many images, and no "± nan" for a mean of one.
+    maps = np.stack([np.zeros((SIZE, SIZE), np.float32), _bump(7.5, 7.5, 1)[0]])
+    ev = featvis.evaluate(quadrant, images[:2], {"flat first": maps}, metrics=["road", "drop"])
+    text = str(ev)
+    assert "(1 of 2)" in text and "nan" not in text
+    assert f"{ev['flat first']['road']:.3f} (1 of 2)" in text
+    assert "(1 of 2)" in ev.table_html()
