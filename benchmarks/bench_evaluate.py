@@ -34,6 +34,7 @@ from harness import Row, compare
 import featvis
 from featvis._evaluate import METRICS
 from featvis._evaluate._metrics import deletion_insertion, probability, road
+from featvis._explain._common import PERTURBATION_BATCH
 from featvis.samples import SampleImages
 
 REFERENCE = "gradcam"
@@ -94,7 +95,7 @@ def _captum_occlusion(model: Any) -> Any:
                     sliding_window_shapes=(3, 16, 16),
                     strides=(3, 16, 16),
                     baselines=0.0,
-                    perturbations_per_eval=32,
+                    perturbations_per_eval=PERTURBATION_BATCH,  # batching only: same result
                 )
             out.append(a.sum(dim=1)[0].numpy())
         return np.stack(out)
