@@ -228,15 +228,20 @@ def _merge(out: Path, folders: list[Path]) -> None:
     """The leaderboard of every row saved under ``folders`` (the same images and settings)."""
     parts = _saved(folders)
     ev = _merged(parts)
+    text = _write_table(out, ev, f"merged from {len(parts)} rows")
+    ev.figure().save(out / "curves.png")
+    print("\n".join(text))
+
+
+def _write_table(out: Path, ev: featvis.Evaluation, what: str) -> list[str]:
+    """Write ``out/leaderboard.md`` with the PyTorch table; its lines."""
     text = [
-        f"# Leaderboard: EfficientNet-Lite0, {len(ev)} SampleImages (seed 14), merged from "
-        f"{len(parts)} rows",
+        f"# Leaderboard: EfficientNet-Lite0, {len(ev)} SampleImages (seed 14), {what}",
         "",
         _markdown(ev, "PyTorch"),
     ]
     (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
-    ev.figure().save(out / "curves.png")
-    print("\n".join(text))
+    return text
 
 
 ONNX_ROWS = ("eigencam", "cam", "occlusion", "random map")
@@ -336,13 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             pickle.dump(parts[-1], f)
         ev = _merged(parts)
         took = time.perf_counter() - start
-        text = [
-            f"# Leaderboard: EfficientNet-Lite0, {n} SampleImages (seed 14), "
-            f"{'quick' if args.quick else 'full'} settings; {took / 60:.1f} min so far",
-            "",
-            _markdown(ev, "PyTorch"),
-        ]
-        (out / "leaderboard.md").write_text("\n".join(text), encoding="utf-8")
+        settings_name = "quick" if args.quick else "full"
+        text = _write_table(out, ev, f"{settings_name} settings; {took / 60:.1f} min so far")
         print(f"{name}: {ev[name]} ({took / 60:.1f} min)", flush=True)
     ev.figure().save(out / "curves.png")
     ev.maps_figure(ev.methods[0], count=6).save(out / "maps.png")

@@ -15,17 +15,26 @@ Runtime's) are not BLAS threads of NumPy's and are left alone.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["one_blas_thread", "with_one_blas_thread"]
+__all__ = ["available_cpus", "one_blas_thread", "with_one_blas_thread"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _controller: Any = None
 _modules_seen = -1
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _blas() -> Any:

@@ -15,7 +15,6 @@ of a model over 2 GB passes through protobuf serialization.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from featvis import ArgumentError, ModelError
+from featvis._threads import available_cpus
 from featvis_onnx._graph import GraphInfo
 
 __all__ = ["OPTIMIZATION", "SPIN_US", "Sessions", "available_cpus", "submodel", "thread_options"]
@@ -38,14 +38,6 @@ OPTIMIZATION = {
 
 #: Sessions kept per backend; each holds its own copy of the weights it uses.
 CACHE_SIZE = 4
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def submodel(g: GraphInfo, outputs: Sequence[str]) -> onnx.ModelProto:

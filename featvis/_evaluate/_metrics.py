@@ -18,8 +18,9 @@ import numpy as np
 
 from featvis._capabilities import Scorer
 from featvis._errors import ArgumentError
-from featvis._evaluate._road import available_cpus, impute_many
+from featvis._evaluate._road import impute_many
 from featvis._predict import softmax
+from featvis._threads import available_cpus
 
 __all__ = [
     "SUBSTRATES",

@@ -11,7 +11,6 @@ values. The system is assembled here in one vectorized step instead of a ``lil_m
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +22,6 @@ __all__ = [
     "MULTIGRID_UNKNOWNS",
     "NEIGHBOURS",
     "RTOL",
-    "available_cpus",
     "impute",
     "impute_many",
     "solve",
@@ -124,14 +122,6 @@ def impute_many(
             image_out[:, unknown] = values.T
         out.append(image_out.reshape(c, h, w).astype(np.float32))
     return out
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, where the platform has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def system(
