@@ -109,7 +109,7 @@ def _gaussian(n: int, size: int = 224) -> np.ndarray:
     return np.repeat(g[None], n, axis=0)
 
 
-def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
+def _methods(backend: Any, n: int, quick: bool, rise_masks: int | None = None) -> dict[str, Any]:
     """Every method, cheapest first (so a run cut short still has the reference and peers)."""
     layer = featvis.default_layer(backend).name
     methods = {
@@ -128,7 +128,7 @@ def _methods(backend: Any, n: int, quick: bool) -> dict[str, Any]:
         "occlusion": "occlusion",
         "scorecam": {"method": "scorecam", "channels": 128 if quick else 256},
         "ablationcam": "ablationcam",
-        "rise": {"method": "rise", "masks": 500 if quick else 2000},
+        "rise": {"method": "rise", "masks": rise_masks or (500 if quick else 2000)},
     }
     assert list(methods) == ROWS, "ROWS names the rows _methods builds, in its order"
     return methods
@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
     parser.add_argument("--metrics", nargs="*", help="only these metrics")
     parser.add_argument(
+        "--rise-masks",
+        type=int,
+        default=None,
+        help="RISE's masks (default 2000; quick 500): its row costs about 8 maps per image",
+    )
+    parser.add_argument(
         "--merge",
         nargs="*",
         metavar="DIR",
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     images = _images(n)
     backend = featvis.load_model("efficientnet_lite0")
-    methods = _methods(backend, n, args.quick)
+    methods = _methods(backend, n, args.quick, args.rise_masks)
     settings = _settings(args.quick)
     if args.methods:
         methods = {k: v for k, v in methods.items() if k in args.methods}
