@@ -287,6 +287,8 @@ class LinearHead(Protocol):
         layer whose output is the model's scores (before a softmax, if the model ends in one);
         ``None`` when the model does not end in one. featvis checks numerically that the scores
         are this layer applied to the spatial mean of the layer it explains before using it.
+        The arrays may be read-only views of the model's current weights (the torch backend's
+        are): copy them to keep them.
         """
         ...
 

@@ -87,10 +87,11 @@ def _display(batch: np.ndarray, preprocess: Preprocess) -> np.ndarray | None:
     channels = batch.shape[1]
     if channels != preprocess.channels or channels not in (1, 3):
         return None
-    mean = np.asarray(preprocess.mean, np.float32)[None, :, None, None]
-    std = np.asarray(preprocess.std, np.float32)[None, :, None, None]
-    pixels = np.clip((batch * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    pixels = pixels.transpose(0, 2, 3, 1)
+    scale = np.asarray(preprocess.std, np.float32)[:, None, None] * 255.0
+    offset = np.asarray(preprocess.mean, np.float32)[:, None, None] * 255.0 + 0.5
+    values = batch * scale
+    values += offset
+    pixels = np.clip(values, 0, 255, out=values).astype(np.uint8).transpose(0, 2, 3, 1)
     return np.repeat(pixels, 3, axis=3) if channels == 1 else np.ascontiguousarray(pixels)
 
 

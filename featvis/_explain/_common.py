@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,9 +57,18 @@ def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = F
     h, w = maps.shape[-2:]
     if (h, w) == tuple(size):
         return np.array(maps, dtype=np.float32, copy=True)
-    ry = bilinear_matrix(h, size[0], align_corners=align_corners).astype(np.float32)
-    rx = bilinear_matrix(w, size[1], align_corners=align_corners).astype(np.float32)
+    ry = _resize_matrix(h, int(size[0]), align_corners)
+    rx = _resize_matrix(w, int(size[1]), align_corners)
     return np.matmul(np.matmul(ry, maps.astype(np.float32, copy=False)), rx.T)
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """:func:`bilinear_matrix` as float32, read-only, built once per size (every explanation
+    resizes its maps to the same few input sizes)."""
+    matrix = bilinear_matrix(n_in, n_out, align_corners=align_corners).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def distinct_images(batch: np.ndarray) -> list[list[int]]:

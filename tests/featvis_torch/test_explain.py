@@ -95,6 +95,25 @@ def test_cam_is_gradcam_for_a_pooled_linear_head(resnet: TorchBackend, x112: tor
     np.testing.assert_allclose(cam.scores, grad.scores, rtol=1e-4)
 
 
+def test_linear_head_is_read_only_and_never_stale(resnet18: nn.Module, x112: torch.Tensor) -> None:
+    model = copy.deepcopy(resnet18)
+    backend = TorchBackend(model, preprocess=Preprocess(size=(112, 112)))
+    weight, bias = backend.linear_head()  # type: ignore[misc]
+    np.testing.assert_array_equal(weight, model.fc.weight.detach().numpy())
+    np.testing.assert_array_equal(bias, model.fc.bias.detach().numpy())
+    assert not bias.flags.writeable
+    kept = model.fc.weight.detach().clone()
+    with pytest.raises(ValueError, match="read-only"):
+        weight[0, 0] = 1e6  # the caller cannot write into the model through the head
+    assert torch.equal(model.fc.weight, kept)
+    before = featvis.explain(backend, x112, method="cam", target=[3, 4]).raw
+    with torch.no_grad():
+        model.fc.weight[3].mul_(2.0)  # trained in place, say
+        model.fc.weight[4].mul_(2.0)
+    after = featvis.explain(backend, x112, method="cam", target=[3, 4]).raw
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-5, atol=1e-6 * after.max())
+
+
 def test_gradient_methods_leave_a_model_with_gradients_as_it_was(
     hygiene: object, images: list[np.ndarray]
 ) -> None:
