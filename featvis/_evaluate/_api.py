@@ -99,7 +99,8 @@ def _entries(
         if isinstance(spec, (str, Mapping)):
             options = {"method": spec} if isinstance(spec, str) else dict(spec)
             method = options.pop("method", name)
-            run = _explainer(method, layer, seed, batch_size, **options)
+            own_layer = options.pop("layer", layer)  # a row's own layer= wins over evaluate's
+            run = _explainer(method, own_layer, seed, batch_size, **options)
             discriminative = get_method(method).class_discriminative
             entries.append(_Entry(name, run(backend, batch, targets), run, discriminative))
         elif isinstance(spec, Explanation):
@@ -219,7 +220,8 @@ def evaluate(
     methods : list of str, or dict of name to method
         Names of :func:`featvis.list_methods` (explained with their defaults), or a dict from a
         row name to: a method name; a dict of :func:`featvis.explain` arguments
-        (``{"method": "gradcam", "noise": 0.1}``); an :class:`Explanation` of these images; an
+        (``{"method": "gradcam", "noise": 0.1}``; a ``"layer"`` there is that row's layer, so
+        one method can be compared at two layers); an :class:`Explanation` of these images; an
         ``(N, H, W)`` array of maps made by any tool (resized bilinearly to the input size
         when needed; it is fixed, so ``stability`` and ``second_class`` are NaN for it and
         ``sanity`` is 1: it does not depend on the model); or a function

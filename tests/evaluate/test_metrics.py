@@ -171,6 +171,17 @@ def test_second_class_map_of_a_class_blind_method_is_the_same(
     assert ev["gradcam"]["second_class"] < 0.9
 
 
+def test_a_row_can_name_its_own_layer(images: list[np.ndarray]) -> None:
+    backend = featvis.testing.tiny_cnn(differentiable=True)
+    rows = {"default": "gradcam", "conv1": {"method": "gradcam", "layer": "conv1"}}
+    ev = featvis.evaluate(backend, images, rows, metrics=["deletion"])
+    at_conv1 = featvis.explain(backend, images, method="gradcam", layer="conv1")
+    default = featvis.explain(backend, images, method="gradcam")
+    assert default.layer != "conv1"
+    np.testing.assert_array_equal(ev.maps["conv1"], at_conv1.maps)
+    np.testing.assert_array_equal(ev.maps["default"], default.maps)
+
+
 def test_a_fixed_array_has_no_stability_and_cannot_depend_on_the_model(
     quadrant: ArrayBackend, images: list[np.ndarray]
 ) -> None:
