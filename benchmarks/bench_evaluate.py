@@ -52,6 +52,7 @@ ROWS = [
     "xgradcam",
     "cam",
     "smooth gradcam",
+    "gradcam 14x14",
     "captum Occlusion 14x14",
     "occlusion",
     "scorecam",
@@ -124,6 +125,8 @@ def _methods(backend: Any, n: int, quick: bool, rise_masks: int | None = None) -
         "xgradcam": "xgradcam",
         "cam": "cam",
         "smooth gradcam": {"method": "gradcam", "noise": 0.1, "samples": 4},
+        # the last 14 x 14 layer (the first expansion of the 7 x 7 stage): finer than _relu1
+        "gradcam 14x14": {"method": "gradcam", "layer": "_blocks.11._relu0"},
         "captum Occlusion 14x14": _captum_occlusion(backend.model),
         "occlusion": "occlusion",
         "scorecam": {"method": "scorecam", "channels": 128 if quick else 256},
