@@ -15,6 +15,7 @@ differences against Grad-CAM with standard errors, "better" = more than two stan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import pickle
@@ -155,13 +156,19 @@ def _markdown(ev: featvis.Evaluation, title: str) -> str:
         + " |",
     ]
     lines.append("|---" * (len(ev.metrics) + 1) + "|")
-    best = {k: ev.best(k) for k in ev.metrics}
+    best = {}
+    for k in ev.metrics:
+        with contextlib.suppress(featvis.ArgumentError):  # no row has a value (fixed maps)
+            best[k] = ev.best(k)
     for method in ev.methods:
         cells = []
         for k in ev.metrics:
             mu, se = ev.mean(method, k), ev.se(method, k)
             text = "n/a" if not np.isfinite(mu) else f"{mu:.3f} ± {se:.3f}"
-            cells.append(f"**{text}**" if best[k] == method else text)
+            defined = int(np.isfinite(ev.values[method][k]).sum())
+            if np.isfinite(mu) and defined < len(ev):
+                text += f" ({defined} of {len(ev)})"  # the mean of fewer images: say so
+            cells.append(f"**{text}**" if best.get(k) == method else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if REFERENCE in ev.methods:
         lines += [
@@ -187,7 +194,9 @@ def _markdown(ev: featvis.Evaluation, title: str) -> str:
                     if se > 0 and good > 2 * se
                     else (" -" if se > 0 and -good > 2 * se else "")
                 )
-                cells.append(f"{d:+.3f} ± {se:.3f}{mark}")
+                both = np.isfinite(ev.values[method][k]) & np.isfinite(ev.values[REFERENCE][k])
+                pairs = f" ({int(both.sum())} of {len(ev)})" if both.sum() < len(ev) else ""
+                cells.append(f"{d:+.3f} ± {se:.3f}{mark}{pairs}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     seconds = {m: sum(t.values()) / len(ev) for m, t in ev.times.items()}
     lines += [
