@@ -20,10 +20,10 @@ from featvis._capabilities import Patchable, Scorer, require
 from featvis._errors import ArgumentError
 from featvis._explain._common import (
     PERTURBATION_BATCH,
-    bilinear_matrix,
     chunks,
     distinct_images,
     progress_bar,
+    resize_matrix,
 )
 from featvis._explain._registry import MethodRequest, MethodResult
 
@@ -77,8 +77,8 @@ def scorecam(req: MethodRequest) -> MethodResult:
     targets = req.targets.resolve(scores)
     n, c, h, w = acts.shape
     height, width = req.batch.shape[2:]
-    ry = bilinear_matrix(h, height, align_corners=True).astype(np.float32)
-    rx = bilinear_matrix(w, width, align_corners=True).astype(np.float32).T
+    ry = resize_matrix(h, height, True)
+    rx = resize_matrix(w, width, True).T
     size = req.batch_size or PERTURBATION_BATCH
     groups = distinct_images(req.batch)
     raw = np.zeros((n, h, w), np.float32)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bilinear_matrix", "distinct_images", "progress_bar", "upsample"]
+__all__ = ["bilinear_matrix", "distinct_images", "progress_bar", "resize_matrix", "upsample"]
 
 #: Perturbed images per call of ``scores`` when the caller does not choose (occlusion, RISE,
 #: Score-CAM, and featvis.evaluate): small, because on a CPU the activations of a large batch
@@ -57,13 +57,13 @@ def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = F
     h, w = maps.shape[-2:]
     if (h, w) == tuple(size):
         return np.array(maps, dtype=np.float32, copy=True)
-    ry = _resize_matrix(h, int(size[0]), align_corners)
-    rx = _resize_matrix(w, int(size[1]), align_corners)
+    ry = resize_matrix(h, int(size[0]), align_corners)
+    rx = resize_matrix(w, int(size[1]), align_corners)
     return np.matmul(np.matmul(ry, maps.astype(np.float32, copy=False)), rx.T)
 
 
 @functools.lru_cache(maxsize=32)
-def _resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+def resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
     """:func:`bilinear_matrix` as float32, read-only, built once per size (every explanation
     resizes its maps to the same few input sizes)."""
     matrix = bilinear_matrix(n_in, n_out, align_corners=align_corners).astype(np.float32)

@@ -15,10 +15,10 @@ from featvis._capabilities import Scorer, require
 from featvis._errors import ArgumentError
 from featvis._explain._common import (
     PERTURBATION_BATCH,
-    bilinear_matrix,
     chunks,
     distinct_images,
     progress_bar,
+    resize_matrix,
 )
 from featvis._explain._registry import MethodRequest, MethodResult
 from featvis._predict import softmax
@@ -228,8 +228,8 @@ def rise_masks(
     height, width = size
     cell = (math.ceil(height / cells), math.ceil(width / cells))
     up = ((cells + 1) * cell[0], (cells + 1) * cell[1])
-    ry = bilinear_matrix(cells, up[0]).astype(np.float32)
-    rx = bilinear_matrix(cells, up[1]).astype(np.float32).T
+    ry = resize_matrix(cells, up[0], False)  # built once: RISE asks for 2 masks at a time
+    rx = resize_matrix(cells, up[1], False).T
     masks = np.empty((count, height, width), np.float32)
     for j in range(count):
         rng = np.random.default_rng([seed, start + j])
