@@ -100,6 +100,10 @@ def _entries(
             options = {"method": spec} if isinstance(spec, str) else dict(spec)
             method = options.pop("method", name)
             own_layer = options.pop("layer", layer)  # a row's own layer= wins over evaluate's
+            if isinstance(spec, Mapping) and "layer" in spec and not get_method(method).uses_layer:
+                raise ArgumentError(
+                    f'Row {name!r}: method {method!r} uses no layer; leave "layer" out.'
+                )
             run = _explainer(method, own_layer, seed, batch_size, **options)
             discriminative = get_method(method).class_discriminative
             entries.append(_Entry(name, run(backend, batch, targets), run, discriminative))

@@ -180,6 +180,8 @@ def test_a_row_can_name_its_own_layer(images: list[np.ndarray]) -> None:
     assert default.layer != "conv1"
     np.testing.assert_array_equal(ev.maps["conv1"], at_conv1.maps)
     np.testing.assert_array_equal(ev.maps["default"], default.maps)
+    with pytest.raises(ArgumentError, match="uses no layer"):  # never silently ignored
+        featvis.evaluate(backend, images, {"o": {"method": "occlusion", "layer": "conv1"}})
 
 
 def test_a_fixed_array_has_no_stability_and_cannot_depend_on_the_model(
