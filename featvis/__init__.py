@@ -68,7 +68,8 @@ from featvis._receptive import ReceptiveField, receptive_field
 from featvis._reduce import BatchSummary
 from featvis._report import Report, Section, report
 from featvis._stream import ActivationBatch, ImageInfo
-from featvis._survey import ChannelStats, ClassScore, Survey, TopImage, survey
+from featvis._survey import survey
+from featvis._survey_result import ChannelStats, ClassScore, Survey, TopImage
 from featvis._version import __version__
 from featvis.hookspecs import hookimpl
 from featvis.plugins import (

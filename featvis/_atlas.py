@@ -38,7 +38,7 @@ from featvis._layers import Layer
 from featvis._stream import Collection, _Index, _is_tensor, _Row, as_collection
 
 if TYPE_CHECKING:
-    from featvis._survey import Survey, TopImage
+    from featvis._survey_result import Survey, TopImage
     from featvis.render import Picture
 
 __all__ = ["patch_montage", "write_atlas"]
