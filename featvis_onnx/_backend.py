@@ -25,9 +25,10 @@ from featvis._axes import Placement, Refusal, place
 from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import LayerIndex
 from featvis_onnx._describe import describe, kind_of, param_count
+from featvis_onnx._flow import axis_roles
 from featvis_onnx._graph import FLOAT_TYPES, GraphInfo
 from featvis_onnx._inputs import InputSpec, ModelInputs
-from featvis_onnx._layout import UNKNOWN, axis_roles
+from featvis_onnx._layout import UNKNOWN
 from featvis_onnx._model import read_model
 from featvis_onnx._quant import Quantization, quantizations
 from featvis_onnx._session import OPTIMIZATION, Sessions, available_cpus, check_providers
