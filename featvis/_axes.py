@@ -7,8 +7,8 @@ their own way, and the rule is the same for all of them, so the same tensor has 
 on every backend:
 
 - ``featvis_torch`` runs the model with one image and two, and at two image sizes
-  (:func:`roles_from_traces`), and falls back to what the modules say where it cannot run
-  another size;
+  (:func:`featvis._roles.roles_from_traces`), and falls back to what the modules say where it
+  cannot run another size;
 - ``featvis_onnx`` follows every axis through the graph, operator by operator, from the image
   input (its roles are the input's layout: ``N C H W`` or ``N H W C``).
 
@@ -46,7 +46,8 @@ The rule
    that a **token grid** becomes ``(N, C, h, w)``: an axis of role ``L`` (or, when nothing is
    known, the middle axis of an ``(N, L, C)`` tensor) whose length is ``h * w``, or ``1 + h * w``
    with a class token first, where ``h x w`` is the grid a patch size cuts the image into
-   (:func:`token_grid`). The class token is set aside: it is not part of the map.
+   (:func:`featvis._token_grid.token_grid`). The class token is set aside: it is not part of
+   the map.
 
 :func:`as_nchw` is this rule for a tensor whose roles nothing tells: batch first, then channels.
 
@@ -64,14 +65,13 @@ Examples
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from featvis._errors import ArgumentError
+from featvis._token_grid import token_grid
 
 __all__ = [
     "SPATIAL",
@@ -81,8 +81,6 @@ __all__ = [
     "Role",
     "as_nchw",
     "place",
-    "roles_from_traces",
-    "token_grid",
 ]
 
 #: Roles of the axes that follow the image.
@@ -487,151 +485,6 @@ def _split_rest(
 
 def _shown(shape: Sequence[Dim]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
-# -- token grids ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1024)
-def token_grid(length: int, image_size: tuple[int, int] | None) -> tuple[int, int, int] | None:
-    """The grid a token sequence of ``length`` lays on the image: ``(prefix, h, w)`` or None.
-
-    The grid is what a patch size ``p`` (any real number, as a stride of a convolution or of
-    pooling) cuts an image of ``image_size`` into: ``h = floor(H / p)`` and ``w = floor(W / p)``,
-    or both rounded up. The sequence is that grid (``length == h * w``), or a class token and
-    that grid (``length == 1 + h * w``, ``prefix`` 1). A square image gives square grids only.
-
-    Examples
-    --------
-    >>> from featvis._axes import token_grid
-    >>> token_grid(197, (224, 224)), token_grid(196, (224, 224)), token_grid(20, (64, 64))
-    ((1, 14, 14), (0, 14, 14), None)
-    >>> token_grid(14 * 20, (224, 320))
-    (0, 14, 20)
-    """
-    if image_size is None or length < 1:
-        return None
-    height, width = image_size
-    if height < 1 or width < 1:
-        return None
-    for prefix in (0, 1):
-        count = length - prefix
-        if count < 1:
-            continue
-        for h in _divisors(count):
-            w = count // h
-            if h <= height and w <= width and _patch_fits(h, w, height, width):
-                return prefix, h, w
-    return None
-
-
-def _divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return small + [n // d for d in reversed(small) if d * d != n]
-
-
-def _patch_fits(h: int, w: int, height: int, width: int) -> bool:
-    """Whether one patch size p gives ``floor(height / p) == h`` and ``floor(width / p) == w``,
-    or the same with ``ceil``: the intervals of p that each side allows overlap."""
-    # floor(x / p) == g  <=>  x / (g + 1) < p <= x / g
-    if max(height / (h + 1), width / (w + 1)) < min(height / h, width / w):
-        return True
-    if height / h == width / w:  # both intervals end at the same p: p = H/h = W/w fits
-        return True
-    # ceil(x / p) == g  <=>  x / g <= p < x / (g - 1)
-    low = max(height / h, width / w)
-    high = min(height / (h - 1) if h > 1 else math.inf, width / (w - 1) if w > 1 else math.inf)
-    return low < high
-
-
-# -- roles from traces -----------------------------------------------------------------------
-
-
-def roles_from_traces(
-    shape: Sequence[int],
-    *,
-    image_size: tuple[int, int],
-    resized: Sequence[int] | None = None,
-    resized_image: tuple[int, int] | None = None,
-    widened: Sequence[int] | None = None,
-    one: Sequence[int] | None = None,
-    two: Sequence[int] | None = None,
-    batch_major: Sequence[bool | None] | None = None,
-) -> tuple[Role, ...]:
-    """The roles of a tensor's axes from its shapes in runs of the model.
-
-    ``shape`` is the tensor's shape for one image of ``image_size``; ``resized`` for one image
-    of ``resized_image``; ``widened``, when ``resized`` failed, for one image of another width
-    only (a model of a fixed height, as an OCR model is); ``one`` and ``two`` for one image and
-    for two copies of it at the same size (either size). A run that failed (a model that takes
-    one size or one image only) is ``None``.
-
-    An axis is ``N`` when its size doubles from 1 with the second image; :class:`Merged` when
-    it doubles from more than 1 (``batch_major`` says per axis how the images are ordered
-    there); spatial when the image size changes it: ``L`` when it is a token grid of both
-    images (:func:`token_grid`), else ``H``; ``F`` when the image size leaves it; ``?`` when
-    the run that would tell failed; ``X`` when it changes with the batch, but not as a batch.
-
-    Examples
-    --------
-    >>> from featvis._axes import roles_from_traces
-    >>> roles_from_traces((56, 1, 96), image_size=(224, 224), resized=(28, 1, 96),
-    ...                   resized_image=(112, 112), one=(28, 1, 96), two=(28, 2, 96))
-    ('H', 'N', 'F')
-    """
-    rank = len(shape)
-
-    def usable(run: Sequence[int] | None) -> Sequence[int] | None:
-        return run if run is not None and len(run) == rank else None
-
-    resized, widened = usable(resized), usable(widened)
-    one, two = usable(one), usable(two)
-    batch = one is not None and two is not None
-    roles: list[Role] = []
-    for axis, size in enumerate(shape):
-        growth = "?"
-        if resized is not None and resized_image is not None:
-            other = resized[axis]
-            if other == size:
-                growth = "F"
-            elif _grids(size, image_size, other, resized_image):
-                growth = "L"
-            else:
-                growth = "H"
-        elif widened is not None:
-            # only the width changed: what stayed may still follow the height
-            growth = "H" if widened[axis] != size else "?"
-        if not batch:
-            roles.append("?" if size == 1 else growth)  # a size-1 axis may be the batch
-            continue
-        assert one is not None and two is not None
-        if two[axis] == 2 * one[axis]:
-            if one[axis] == 1:
-                roles.append("N")
-            else:
-                major = None if batch_major is None else batch_major[axis]
-                roles.append(Merged(growth, major))
-        elif two[axis] == one[axis]:
-            roles.append(growth)
-        else:
-            roles.append("X")  # changes with the batch, but not as a batch does
-    return tuple(roles)
-
-
-def _grids(size: int, image: tuple[int, int], other: int, other_image: tuple[int, int]) -> bool:
-    """Whether an axis is a token grid of both images, with the same class token and grids
-    that scale with the images (so a sequence that merely has square lengths is not one)."""
-    first, second = token_grid(size, image), token_grid(other, other_image)
-    if first is None or second is None or first[0] != second[0]:
-        return False
-    for grid, grid_other, length, length_other in (
-        (first[1], second[1], image[0], other_image[0]),
-        (first[2], second[2], image[1], other_image[1]),
-    ):
-        expected = grid * length_other / length
-        if not math.floor(expected) - 1 <= grid_other <= math.ceil(expected) + 1:
-            return False
-    return True
 
 
 # -- the convention --------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featvis._axes import Placement, Refusal, place, roles_from_traces
+from featvis._axes import Placement, Refusal, place
+from featvis._roles import roles_from_traces
 from featvis_torch._capture import Extraction, first_tensor
 from featvis_torch._describe import channel_axis
 

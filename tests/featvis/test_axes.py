@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import featvis
-from featvis._axes import Merged, Placement, Refusal, place, roles_from_traces, token_grid
+from featvis._axes import Merged, Placement, Refusal, place
+from featvis._roles import roles_from_traces
+from featvis._token_grid import token_grid
 
 RNG = np.random.default_rng(0)
 
