@@ -14,7 +14,8 @@ from featvis._axes import as_nchw
 from featvis._errors import ArgumentError, FeatvisError, LayerWarning, LayoutError
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer, LayerIndex
-from featvis._stream import ActivationBatch, Labels, OnError, as_collection, prepared_batches
+from featvis._pool import prepared_batches
+from featvis._stream import ActivationBatch, Labels, OnError, as_collection
 
 __all__ = ["Activations", "Backend", "BackendBase", "LayerKey", "as_nchw"]
 

@@ -13,6 +13,7 @@ from featvis._backend import DEFAULT_BATCH_SIZE, Backend, BackendBase, LayerKey,
 from featvis._capabilities import Summarizing
 from featvis._errors import ArgumentError, FeatvisError, ImageError
 from featvis._layers import Layer
+from featvis._pool import prepared_batches
 from featvis._receptive import receptive_field
 from featvis._reduce import BY, BatchSummary, By, Coverage, LayerState, summarize
 from featvis._stream import (
@@ -22,7 +23,6 @@ from featvis._stream import (
     OnError,
     Skipped,
     as_collection,
-    prepared_batches,
 )
 from featvis._survey_result import SKIPPED_DETAILS, ChannelStats, ClassScore, Survey, TopImage
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 import featvis
 from featvis import ArgumentError, ImageError
-from featvis._stream import as_collection, prepared_batches
+from featvis._pool import prepared_batches
+from featvis._stream import as_collection
 from featvis.testing import tiny_cnn
 
 
