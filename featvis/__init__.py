@@ -21,7 +21,9 @@ index  name        alias  type           output    params  description
 (48, 128)
 """
 
-from featvis._backend import Activations, Backend, BackendBase, LayerKey, as_nchw
+from featvis._axes import as_nchw
+from featvis._backend import Activations, Backend, LayerKey
+from featvis._backend_base import BackendBase
 from featvis._capabilities import (
     Differentiable,
     Gradients,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featvis._backend import as_nchw
+from featvis._axes import as_nchw
 from featvis._capabilities import Gradients, Objective, as_scores, gradient_request
 from featvis._errors import ArgumentError
 from featvis._layers import Layer

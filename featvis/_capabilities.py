@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from featvis._backend_base import _unavailable
 from featvis._errors import ArgumentError, CapabilityError, ModelError
 from featvis._images import Images
 from featvis._layers import Layer
@@ -417,7 +418,6 @@ def gradient_request(
         distinct.append(target)
     for layer in distinct:
         if layer.unavailable is not None:
-            from featvis._backend import _unavailable  # (it imports this module)
 
             raise _unavailable(layer)
     return GradientRequest(keys, resolved, target, distinct)
@@ -438,7 +438,6 @@ def patch_request(
     """
     found = backend.layer(layer)
     if found.unavailable is not None:
-        from featvis._backend import _unavailable  # (it imports this module)
 
         raise _unavailable(found)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from featvis._backend import Backend, LayerKey, _progress_bar
+from featvis._backend import Backend, LayerKey
+from featvis._backend_base import _progress_bar
 from featvis._errors import ArgumentError, MissingDependencyError
 from featvis._stream import Collection, as_collection
 from featvis._survey import Survey, _survey_here, measure_fields, open_backend

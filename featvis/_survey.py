@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from featvis._backend import DEFAULT_BATCH_SIZE, Backend, BackendBase, LayerKey, _progress_bar
+from featvis._backend import DEFAULT_BATCH_SIZE, Backend, LayerKey
+from featvis._backend_base import BackendBase, _progress_bar
 from featvis._capabilities import Summarizing
 from featvis._errors import ArgumentError, FeatvisError, ImageError
 from featvis._layers import Layer

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from featvis import _arraygrad
-from featvis._backend import BackendBase, as_nchw
+from featvis._axes import as_nchw
+from featvis._backend_base import BackendBase
 from featvis._capabilities import Gradients, Objective, ScoreKind, as_scores
 from featvis._contract import BackendContract
 from featvis._errors import ArgumentError, CapabilityError, FeatvisError

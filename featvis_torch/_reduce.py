@@ -24,7 +24,7 @@ import torch
 
 from featvis import BatchSummary, FeatvisError, Layer, ModelError
 from featvis._axes import Placement
-from featvis._backend import _unavailable
+from featvis._backend_base import _unavailable
 from featvis._reduce import map_sums
 from featvis_torch._capture import nchw_view
 
