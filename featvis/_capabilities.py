@@ -264,7 +264,8 @@ class Patchable(Scorer, Protocol):
             and returns the replacements: a method that builds them from the activation
             (Ablation-CAM) then runs the part before the layer once in all.
         batch_size : int, optional
-            Replacements per pass through the rest of the model.
+            Replacements per pass through the rest of the model. Default: as many as the
+            backend can take in one pass (each pass runs the part before the layer again).
 
         Raises
         ------
@@ -418,7 +419,6 @@ def gradient_request(
         distinct.append(target)
     for layer in distinct:
         if layer.unavailable is not None:
-
             raise _unavailable(layer)
     return GradientRequest(keys, resolved, target, distinct)
 
@@ -438,7 +438,6 @@ def patch_request(
     """
     found = backend.layer(layer)
     if found.unavailable is not None:
-
         raise _unavailable(found)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")

@@ -23,6 +23,7 @@ from torch import nn
 
 from featvis import ArgumentError, CapabilityError, Layer, ModelError
 from featvis._axes import Placement
+from featvis._backend import DEFAULT_BATCH_SIZE
 from featvis._capabilities import as_scores, patch_request
 from featvis_torch._capture import Extraction, first_tensor, take
 
@@ -146,8 +147,13 @@ def patched_scores(
     site = backend._sites[found.name]
     rows = activations if callable(activations) else _checked(activations)
     mode = _mode(backend, batch, found, site)
-    if mode == REPEAT and callable(rows):
-        rows = _checked(rows(backend.activations(batch, found)))
+    if mode == REPEAT:
+        if callable(rows):
+            rows = _checked(rows(backend.activations(batch, found)))
+        # Every replacement is a whole forward pass of the image here: bound them as
+        # activations() bounds images (Ablation-CAM's 1,281 copies at once would be 1,281
+        # images through the whole model)
+        batch_size = batch_size or DEFAULT_BATCH_SIZE
     first, built = _run(backend, batch, site, rows, mode, batch_size)
     parts = [first]
     size = batch_size or len(built)

@@ -165,7 +165,8 @@ def explain(
         Seeds the noise and the random masks of RISE: the same seed gives the same map.
     batch_size : int, optional
         Images per pass through the model (gradients: 32; perturbed images: 2, the fastest
-        batch on a CPU here; pass more on a GPU).
+        batch on a CPU here; pass more on a GPU). Ablation-CAM's ablated copies of the layer
+        are not images: they go through the rest of the model in passes of up to 512 MB.
     progress : bool, optional
         A progress bar for long methods; by default only when stderr is a terminal.
     **options
