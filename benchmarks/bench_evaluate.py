@@ -256,7 +256,7 @@ def _write_table(out: Path, ev: featvis.Evaluation, what: str) -> list[str]:
     return text
 
 
-ONNX_ROWS = ("eigencam", "cam", "occlusion", "random map")
+ONNX_ROWS = ("eigencam", "cam", "occlusion", "ablationcam", "random map")
 
 
 def _onnx_rows(
