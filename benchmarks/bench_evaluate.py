@@ -241,7 +241,7 @@ def _merge(out: Path, folders: list[Path]) -> None:
     parts = _saved(folders)
     ev = _merged(parts)
     text = _write_table(out, ev, f"merged from {len(parts)} rows")
-    ev.figure().save(out / "curves.png")
+    _curves(out, ev)
     print("\n".join(text))
 
 
@@ -256,6 +256,12 @@ def _write_table(out: Path, ev: featvis.Evaluation, what: str) -> list[str]:
     return text
 
 
+def _curves(out: Path, ev: featvis.Evaluation) -> None:
+    """Write ``out/curves.png``, where the rows have deletion or insertion curves."""
+    if {"deletion", "insertion"} & set(ev.metrics):
+        ev.figure().save(out / "curves.png")
+
+
 ONNX_ROWS = ("eigencam", "cam", "occlusion", "ablationcam", "random map")
 
 
@@ -265,14 +271,15 @@ def _onnx_rows(
     methods: dict[str, Any],
     settings: dict[str, Any],
     ev: featvis.Evaluation,
+    names: tuple[str, ...] = ONNX_ROWS,
 ) -> tuple[list[str], featvis.Evaluation]:
-    """The gradient-free rows, and Grad-CAM's torch maps, scored on the model's ONNX export,
-    with the largest per-image gap to the same rows in ``ev`` (torch)."""
+    """The gradient-free rows ``names``, and Grad-CAM's torch maps, scored on the model's ONNX
+    export, with the largest per-image gap to the same rows in ``ev`` (torch)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.to_onnx(Path(tmp) / "lite0.onnx")
         onnx_backend = featvis.load(path, preprocess=backend.preprocess)
         onnx_backend.categories = backend.categories
-        free = {k: methods[k] for k in ONNX_ROWS if k in ev.methods}
+        free = {k: methods[k] for k in names if k in ev.methods}
         free["gradcam (torch's maps)"] = ev.maps[REFERENCE]
         ev_onnx = featvis.evaluate(onnx_backend, images, free, progress=True, **settings)
     text = [_markdown(ev_onnx, "ONNX Runtime (the same model exported)")]
@@ -321,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         metavar="DIR",
         help="only the ONNX rows, against the torch rows saved in these folders (they must "
-        "hold gradcam and the ONNX rows' torch twins)",
+        "hold gradcam and the ONNX rows' torch twins); --methods picks the rows (default: "
+        f"{', '.join(ONNX_ROWS)}; give --rise-masks as the torch row had it)",
     )
     args = parser.parse_args(argv)
     n = args.images or (6 if args.quick else 48)
@@ -335,8 +343,9 @@ def main(argv: list[str] | None = None) -> None:
         images = _images(len(ev))
         backend = featvis.load_model("efficientnet_lite0")
         settings = {**_settings(args.quick), "metrics": ev.metrics}
-        methods = _methods(backend, len(ev), args.quick)
-        text, ev_onnx = _onnx_rows(backend, images, methods, settings, ev)
+        methods = _methods(backend, len(ev), args.quick, args.rise_masks)
+        names = tuple(args.methods) if args.methods else ONNX_ROWS
+        text, ev_onnx = _onnx_rows(backend, images, methods, settings, ev, names)
         (out / "leaderboard_onnx.md").write_text("\n".join(text), encoding="utf-8")
         with open(out / "onnx.pkl", "wb") as f:
             pickle.dump(ev_onnx, f)
@@ -362,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         settings_name = "quick" if args.quick else "full"
         text = _write_table(out, ev, f"{settings_name} settings; {took / 60:.1f} min so far")
         print(f"{name}: {ev[name]} ({took / 60:.1f} min)", flush=True)
-    ev.figure().save(out / "curves.png")
+    _curves(out, ev)
     ev.maps_figure(ev.methods[0], count=6).save(out / "maps.png")
     results = {"torch": {m: ev[m] for m in ev.methods}}
     if not args.no_onnx:
