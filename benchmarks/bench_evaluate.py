@@ -62,8 +62,12 @@ ROWS = [
 ]
 
 
-def _images(count: int) -> list[np.ndarray]:
-    return list(SampleImages(count, seed=14))
+#: The leaderboard's images (``--seed`` draws another set, to confirm a lead found on them).
+SEED = 14
+
+
+def _images(count: int, seed: int = SEED) -> list[np.ndarray]:
+    return list(SampleImages(count, seed=seed))
 
 
 def _pgc_gradcam(model: Any, layer: str) -> Any:
@@ -236,19 +240,19 @@ def _saved(folders: list[Path]) -> list[featvis.Evaluation]:
     return parts
 
 
-def _merge(out: Path, folders: list[Path]) -> None:
+def _merge(out: Path, folders: list[Path], seed: int) -> None:
     """The leaderboard of every row saved under ``folders`` (the same images and settings)."""
     parts = _saved(folders)
     ev = _merged(parts)
-    text = _write_table(out, ev, f"merged from {len(parts)} rows")
+    text = _write_table(out, ev, f"merged from {len(parts)} rows", seed)
     _curves(out, ev)
     print("\n".join(text))
 
 
-def _write_table(out: Path, ev: featvis.Evaluation, what: str) -> list[str]:
+def _write_table(out: Path, ev: featvis.Evaluation, what: str, seed: int) -> list[str]:
     """Write ``out/leaderboard.md`` with the PyTorch table; its lines."""
     text = [
-        f"# Leaderboard: EfficientNet-Lite0, {len(ev)} SampleImages (seed 14), {what}",
+        f"# Leaderboard: EfficientNet-Lite0, {len(ev)} SampleImages (seed {seed}), {what}",
         "",
         _markdown(ev, "PyTorch"),
     ]
@@ -308,6 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="images (default 48; quick 6)")
     parser.add_argument("--out", default="bench-evaluate", help="output folder")
     parser.add_argument("--no-onnx", action="store_true", help="PyTorch rows only")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help=f"SampleImages' seed (default {SEED}, the leaderboard's; with --onnx-from, the "
+        "torch rows' seed)",
+    )
     parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
     parser.add_argument("--metrics", nargs="*", help="only these metrics")
     parser.add_argument(
@@ -336,11 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge is not None:
-        _merge(out, [Path(d) for d in args.merge])
+        _merge(out, [Path(d) for d in args.merge], args.seed)
         return
     if args.onnx_from is not None:
         ev = _merged(_saved([Path(d) for d in args.onnx_from]))
-        images = _images(len(ev))
+        images = _images(len(ev), args.seed)
         backend = featvis.load_model("efficientnet_lite0")
         settings = {**_settings(args.quick), "metrics": ev.metrics}
         methods = _methods(backend, len(ev), args.quick, args.rise_masks)
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             pickle.dump(ev_onnx, f)
         print("\n".join(text))
         return
-    images = _images(n)
+    images = _images(n, args.seed)
     backend = featvis.load_model("efficientnet_lite0")
     methods = _methods(backend, n, args.quick, args.rise_masks)
     settings = _settings(args.quick)
@@ -369,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
         ev = _merged(parts)
         took = time.perf_counter() - start
         settings_name = "quick" if args.quick else "full"
-        text = _write_table(out, ev, f"{settings_name} settings; {took / 60:.1f} min so far")
+        text = _write_table(
+            out, ev, f"{settings_name} settings; {took / 60:.1f} min so far", args.seed
+        )
         print(f"{name}: {ev[name]} ({took / 60:.1f} min)", flush=True)
     _curves(out, ev)
     ev.maps_figure(ev.methods[0], count=6).save(out / "maps.png")
