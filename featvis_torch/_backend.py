@@ -8,7 +8,6 @@ import io
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ from featvis import (
     number_layers,
     prepare_images,
 )
-from featvis._axes import Placement
 from featvis._capabilities import Gradients, Objective, ScoreKind, as_scores
-from featvis._layers import CALL_SEPARATOR
 from featvis_torch._capture import (
     Capture,
     Extraction,
@@ -42,21 +39,11 @@ from featvis_torch._capture import (
     first_weight,
     lock_for,
 )
-from featvis_torch._describe import describe, kind_of
+from featvis_torch._listing import Site, layers_from
 from featvis_torch._model_checks import as_device, check_modules, inspectable
-from featvis_torch._trace import Listing, list_calls
+from featvis_torch._trace import list_calls
 
 __all__ = ["TorchBackend"]
-
-
-@dataclass(frozen=True)
-class _Site:
-    """Where a layer's output appears: the ``call``-th call (from 1) of ``module``, and how
-    that output becomes NCHW."""
-
-    module: nn.Module
-    call: int
-    placement: Placement
 
 
 class TorchBackend(BackendBase):
@@ -135,7 +122,7 @@ class TorchBackend(BackendBase):
         self.model = inspectable(model)
         self._device = None if device is None else as_device(device)
         self._where(first_weight(self.model))  # fail now for a wrong device or a meta model
-        self._sites: dict[str, _Site] = {}
+        self._sites: dict[str, Site] = {}
         self._not_layers: dict[str, str] = {}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = lock_for(self.model)
@@ -388,67 +375,10 @@ class TorchBackend(BackendBase):
                 "channel count, pass preprocess=featvis.Preprocess(size=(H, W), mean=..., "
                 "std=...)."
             ) from exc
-        return number_layers(self._layers_from(listing, names))
-
-    def _layers_from(self, listing: Listing, names: dict[nn.Module, str]) -> list[Layer]:
-        def name_of(module: nn.Module, call: int) -> str:
-            base = names[module] or type(module).__name__  # a leaf root has the empty name
-            return f"{base}{CALL_SEPARATOR}{call}" if listing.counts[module] > 1 else base
-
-        layers = []
-        sites: dict[str, _Site] = {}
-        not_layers: dict[str, str] = {}
-        listed: set[tuple[nn.Module, int]] = set()
-        for record in listing:
-            module, call, placement = record.module, record.call, record.placement
-            name = name_of(module, call)
-            what = f"Module {name!r} ({type(module).__name__})"
-            if record.shape is None:
-                not_layers[name] = f"{what} returns no real tensor (None, a number, a complex one)"
-                continue
-            if placement is None:
-                continue
-            if not isinstance(placement, Placement) and not placement.layer:
-                not_layers[name] = (
-                    f"{what} returns a tensor of shape {record.shape}, but {placement.reason}: "
-                    "it does not hold one value per image, so it is not a layer"
-                )
-                continue
-            base = names[module] or type(module).__name__
-            own = 0 if call > 1 else sum(p.numel() for p in module.parameters(recurse=False))
-            text = describe(module)
-            if call > 1 and own == 0 and any(True for _ in module.parameters(recurse=False)):
-                text += f" (weights of {base}{CALL_SEPARATOR}1)"
-            if isinstance(placement, Placement):
-                sites[name] = _Site(module, call, placement)
-                shape = placement.shape(record.shape, batch=1)
-                output_shape = (None, *shape[1:]) if self.preprocess.size else None
-                layout, unavailable = placement.layout, None
-            else:
-                output_shape, layout, unavailable = None, "", placement.reason
-            same_as = record.same_as or (None, 0)
-            listed.add((module, call))
-            layers.append(
-                Layer(
-                    name=name,
-                    # A module of no known kind that returns its own input, untouched (an
-                    # empty nn.Sequential), is an identity.
-                    kind="identity"
-                    if record.passthrough and kind_of(module) == "other"
-                    else kind_of(module),
-                    type=type(module).__name__,
-                    output_shape=output_shape,
-                    params=own,
-                    description=text,
-                    source=name,
-                    layout=layout,
-                    unavailable=unavailable,
-                    same_as=name_of(*same_as) if same_as in listed else None,
-                )
-            )
+        layers, sites, not_layers = layers_from(listing, names, sized=bool(self.preprocess.size))
         self._sites = sites  # one assignment: a thread that runs meanwhile sees old or new
         self._not_layers = not_layers
-        return layers
+        return number_layers(layers)
 
     def _why_not_a_layer(self, name: str) -> str | None:
         self._layer_index()
