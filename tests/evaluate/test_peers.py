@@ -332,6 +332,31 @@ def test_deletion_insertion_and_drop_equal_torchcams_on_efficientnet_lite0() -> 
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
+def test_road_on_lite0_does_not_jump_when_a_map_moves_by_float_rounding() -> None:
+    """A model and its ONNX export compute a map 1e-7 of its peak apart; on a smooth map
+    (an upsampled CAM) that moves a few pixels across ROAD's percentile cuts. ROAD must move
+    by those pixels' worth (well under the 1e-3 the backends promise), not redraw its noise."""
+    from skimage import data
+
+    backend = featvis.load_model("efficientnet_lite0")
+    images = [data.chelsea(), data.coffee(), data.astronaut()]
+    maps = featvis.explain(backend, images, method="cam").maps
+    rng = np.random.default_rng(0)
+    rounded = (maps * (1 + 1e-6 * rng.standard_normal(maps.shape))).astype(np.float32)
+    cuts = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+    def removed(m: np.ndarray) -> np.ndarray:
+        return np.stack([m >= np.percentile(m, p) for p in cuts])
+
+    moved = [int((removed(a) != removed(b)).sum()) for a, b in zip(maps, rounded)]
+    assert min(moved) > 0, moved  # every image has pixels that cross a cut
+    ev = featvis.evaluate(backend, images, {"cam": maps, "rounded": rounded}, metrics=["road"])
+    road = ev.values["cam"]["road"]
+    np.testing.assert_allclose(ev.values["rounded"]["road"], road, rtol=0, atol=1e-3)
+    assert (road > 0).all() and road.max() > 0.05  # real maps of a real model
+
+
 def _edges(backend: object, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     gray = x.mean(axis=1)
     return np.abs(np.diff(gray, axis=1, prepend=gray[:, :1])) + np.abs(

@@ -59,6 +59,30 @@ def test_the_threaded_imputation_is_the_serial_one_noise_included(image: np.ndar
         np.testing.assert_array_equal(a, b)
 
 
+def test_one_pixel_more_in_a_mask_leaves_every_other_pixels_noise_as_it_was(
+    image: np.ndarray,
+) -> None:
+    # A map that moves one pixel across a percentile cut (an ONNX export's rounding does)
+    # must move ROAD by that pixel's worth, not redraw the noise of the whole image.
+    blob, other = _masks()["blob 50%"], _masks()["scattered 50%"]
+    grown = blob.copy()
+    ys, xs = np.nonzero(~blob)
+    grown[ys[0], xs[0]] = True  # a known pixel becomes removed
+
+    def both(mask: np.ndarray, noise: float) -> list[np.ndarray]:
+        rng = np.random.default_rng(5)
+        return _road.impute_many(image, [mask, other], noise=noise, rng=rng, method="direct")
+
+    (noisy, noisy_next), (grown_noisy, grown_next) = both(blob, 0.01), both(grown, 0.01)
+    clean, grown_clean = both(blob, 0.0)[0], both(grown, 0.0)[0]
+    np.testing.assert_array_equal(grown_next, noisy_next)  # the next mask's noise: the same
+    # On the pixels removed in both, the noisy images differ by what the solve moved alone.
+    np.testing.assert_allclose(
+        (grown_noisy - noisy)[:, blob], (grown_clean - clean)[:, blob], atol=1e-6
+    )
+    assert not np.allclose(noisy[:, blob], clean[:, blob], atol=1e-3)  # noise was added
+
+
 def test_a_channel_that_is_zero_everywhere_is_imputed_as_zero(image: np.ndarray) -> None:
     dark = image.copy()
     dark[1] = 0.0  # its right-hand side is zero: conjugate gradients would divide 0 by 0
