@@ -44,6 +44,7 @@ from featvis_onnx._layout import (
     axis_role,
     roles_of,
 )
+from featvis_onnx._linalg import einsum, gemm, generic, matmul, resized, rnn
 
 __all__ = ["Flow", "axis_roles"]
 
@@ -195,13 +196,13 @@ class Flow:
             return [self._gather(node, ins, shape0)]
         if op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
             b = 3 if op == "QLinearMatMul" else 1
-            return [self._matmul(ins[0], ins[b] if len(ins) > b else None, shape0)]
+            return [matmul(ins[0], ins[b] if len(ins) > b else None, shape0, self.batch)]
         if op in ("Gemm", "QGemm"):
-            return [self._gemm(node, ins, shape0)]
+            return [gemm(node, ins, shape0, self.batch)]
         if op == "Einsum":
-            return [self._einsum(node, ins, shape0)]
+            return [einsum(node, ins, shape0, self.batch)]
         if op in _RNN and first is not None:
-            return self._rnn(node, first, outs)
+            return rnn(node, first, outs, self.batch)
         if op == "Expand" and first is not None:
             return [self._broadcast([(first, self._dims(node.input[0]))], shape0)]
         if op in _ELEMENTWISE_ANY or _elementwise(ins, outs, node, self.g):
@@ -213,9 +214,7 @@ class Flow:
         return self.g.dims(name) if name else None
 
     def _resized(self, axes: tuple[Axis, ...], dims: tuple[Dim, ...] | None) -> Axes:
-        if dims is None or len(dims) != len(axes):
-            return axes if dims is None else _unknown(dims, self.batch)
-        return tuple(_plain(d, axis) for d, axis in zip(dims, axes))
+        return resized(axes, dims, self.batch)
 
     def _reduced_to(self, axes: tuple[Axis, ...], dims: tuple[Dim, ...] | None) -> Axes:
         if dims is None or len(dims) != len(axes):
@@ -358,83 +357,6 @@ class Flow:
             return _unknown(dims, self.batch)
         return self._resized(out, dims)
 
-    def _matmul(self, a: Axes, b: Axes, dims: tuple[Dim, ...] | None) -> Axes:
-        if dims is None:
-            return None
-        if a is None and b is not None and len(b) >= 2:  # weight @ activation
-            out = (*self._batch_dims(None, b, len(dims) - 2), _fixed(dims[-2]), b[-1])
-            return self._resized(out, dims)
-        if a is None or len(a) < 2 or len(dims) < 2:
-            return _unknown(dims, self.batch)
-        last = b[-1] if b is not None and len(b) >= 2 else ((dims[-1], "C"),)
-        out = (*self._batch_dims(a, b, len(dims) - 2), a[-2], last)
-        return self._resized(out, dims)
-
-    def _batch_dims(self, a: Axes, b: Axes, count: int) -> list[Axis]:
-        """The broadcast leading axes of a batched MatMul."""
-        lead_a = list(a[:-2]) if a is not None else []
-        lead_b = list(b[:-2]) if b is not None else []
-        out: list[Axis] = []
-        for k in range(count):
-            ja, jb = k - (count - len(lead_a)), k - (count - len(lead_b))
-            choices = [x[j] for x, j in ((lead_a, ja), (lead_b, jb)) if j >= 0]
-            known = [c for c in choices if axis_role(c) not in ("F", "?") or _size(c) != 1]
-            out.append((known or choices or [_fixed(1)])[0])
-        return out
-
-    def _gemm(self, node: NodeProto, ins: list[Axes], dims: tuple[Dim, ...] | None) -> Axes:
-        a = ins[0]
-        if a is None or dims is None or len(a) != 2:
-            return self._generic(ins, dims)
-        attrs = attributes(node)
-        rows = a[1] if attrs.get("transA", 0) else a[0]
-        b = ins[1] if len(ins) > 1 else None
-        cols = ((dims[1], "C"),) if b is None else b[0] if attrs.get("transB", 0) else b[1]
-        return self._resized((rows, cols), dims)
-
-    def _einsum(self, node: NodeProto, ins: list[Axes], dims: tuple[Dim, ...] | None) -> Axes:
-        equation = str(attributes(node).get("equation", "")).replace(" ", "")
-        if "->" not in equation or "." in equation or dims is None:
-            return self._generic(ins, dims)
-        sources, target = equation.split("->")
-        letters: dict[str, Axis] = {}
-        for axes, spec in zip(ins, sources.split(",")):
-            if axes is None:
-                continue
-            for letter, axis in zip(spec, axes):
-                if letter not in letters or axis_role(letters[letter]) == "F":
-                    letters[letter] = axis
-        out = tuple(letters.get(letter, ((d, "C"),)) for letter, d in zip(target, dims))
-        return self._resized(out, dims)
-
-    def _rnn(self, node: NodeProto, first: tuple[Axis, ...], outs: list) -> list[Axes]:
-        if len(first) != 3:
-            return [self._generic([first], d) for d in outs]
-        batch_first = bool(attributes(node).get("layout", 0))
-        seq, batch = (first[1], first[0]) if batch_first else (first[0], first[1])
-        found: list[Axes] = []
-        for i, dims in enumerate(outs):
-            if dims is None:
-                found.append(None)
-                continue
-            if i == 0 and len(dims) == 4:  # Y: (T, dirs, N, H) or (N, T, dirs, H)
-                y = (
-                    (batch, seq, _fixed(dims[2]), ((dims[3], "C"),))
-                    if batch_first
-                    else (seq, _fixed(dims[1]), batch, ((dims[3], "C"),))
-                )
-                found.append(self._resized(y, dims))
-            elif len(dims) == 3:  # Y_h, Y_c: (dirs, N, H) or (N, dirs, H)
-                h = (
-                    (batch, _fixed(dims[1]), ((dims[2], "C"),))
-                    if batch_first
-                    else (_fixed(dims[0]), batch, ((dims[2], "C"),))
-                )
-                found.append(self._resized(h, dims))
-            else:
-                found.append(_unknown(dims, self.batch))
-        return found
-
     def _broadcast(
         self, operands: list[tuple[Axes, tuple[Dim, ...] | None]], dims: tuple[Dim, ...] | None
     ) -> Axes:
@@ -464,16 +386,7 @@ class Flow:
         return tuple(out)
 
     def _generic(self, ins: list[Axes], dims: tuple[Dim, ...] | None) -> Axes:
-        """An operator featvis knows nothing about: the first input's roles where sizes
-        agree, unknown elsewhere."""
-        if dims is None:
-            return None
-        first = next((a for a in ins if a is not None), None)
-        if first is None:
-            return _unknown(dims, self.batch)
-        if len(first) != len(dims):
-            return _unknown(dims, self.batch)
-        return tuple(axis if _size(axis) == d else ((d, "?"),) for axis, d in zip(first, dims))
+        return generic(ins, dims, self.batch)
 
 
 _ORDER = {"X": 0, "N": 1, "L": 2, "H": 3, "W": 3, "C": 4, "F": 5, "?": 6}
