@@ -22,6 +22,7 @@ __all__ = [
     "MULTIGRID_UNKNOWNS",
     "NEIGHBOURS",
     "RTOL",
+    "RTOL_PER_NOISE",
     "impute",
     "impute_many",
     "solve",
@@ -33,12 +34,21 @@ __all__ = [
 #: is its fill, which blobs of removed pixels (a CAM's) make and scattered ones (a random
 #: map's) do not: measured on Lite0's 224 x 224 inputs, multigrid is 1.3x faster from 2,500
 #: unknowns of a blob and 3x from 25,000, and a random map's scattered pixels are 4-10x faster
-#: direct below 10,000 unknowns, equal at 25,000 (docs/performance.md).
+#: direct below 10,000 unknowns, equal at 25,000 (docs/evaluation.md, its last section).
 MULTIGRID_UNKNOWNS = 25_000
 #: See :data:`MULTIGRID_UNKNOWNS`.
 MULTIGRID_INTERIOR = 2_000
-#: The multigrid solve's relative residual.
+#: The multigrid solve's relative residual, for an imputation without noise.
 RTOL = 1e-7
+#: With noise, the relative residual is this times the noise's standard deviation (at least
+#: :data:`RTOL`, at most :data:`RTOL_NOISY`): the solve need not be exact far below the noise
+#: it is about to add. At ROAD's noise of 0.01 (rtol 1e-5) the imputed values lie within
+#: 7.1e-5 of SuperLU's (0.7 % of the noise; 7.6e-6 to 2.6e-5 on a CAM's masks, up to 7.1e-5
+#: on a random map's), the probabilities within 1.2e-5 of the exact solve's, and ROAD costs
+#: 0.12 s an image less on a 2-core Xeon (docs/evaluation.md).
+RTOL_PER_NOISE = 1e-3
+#: See :data:`RTOL_PER_NOISE`.
+RTOL_NOISY = 1e-5
 
 #: ``((dy, dx), weight)`` of the eight neighbours, as in the ROAD paper's code.
 NEIGHBOURS = (
@@ -94,8 +104,11 @@ def impute_many(
     """:func:`impute` of ``image`` for each of ``masks``, the systems solved in ``threads``.
 
     SuperLU and scipy's sparse products release the GIL, so on two cores two threads solve
-    ROAD's 18 systems 1.7x faster (docs/performance.md). The noise is drawn afterwards, in
+    ROAD's 18 systems 1.7x faster (docs/evaluation.md). The noise is drawn afterwards, in
     the order of ``masks``: the result is the same as one :func:`impute` after another.
+    A multigrid solve stops at a relative residual of :data:`RTOL` without noise, and of
+    :data:`RTOL_PER_NOISE` times ``noise`` with it (its error then stays under 1 % of the
+    noise added).
 
     Each mask draws a whole image of noise, ``(C, H, W)``, of which its removed pixels take
     theirs: a pixel keeps its noise whatever else is removed. Drawing only as many values as
@@ -107,6 +120,7 @@ def impute_many(
     """
     c, h, w = image.shape
     flat = np.asarray(image, np.float64).reshape(c, -1)
+    rtol = min(max(RTOL, RTOL_PER_NOISE * noise), RTOL_NOISY)
 
     def solved(removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         missing = np.asarray(removed, bool).reshape(-1)
@@ -114,7 +128,7 @@ def impute_many(
         if len(unknown) == 0:
             return unknown, np.zeros((0, c))
         matrix, rhs, ys, xs = system(flat, missing, h, w)
-        return unknown, solve(matrix, rhs, ys, xs, method=method)
+        return unknown, solve(matrix, rhs, ys, xs, method=method, rtol=rtol)
 
     if threads > 1 and len(masks) > 1:
         with ThreadPoolExecutor(min(threads, len(masks))) as pool:
@@ -181,12 +195,18 @@ def _multigrid_pays(matrix: Any) -> bool:
 
 
 def solve(
-    matrix: Any, rhs: np.ndarray, ys: np.ndarray, xs: np.ndarray, *, method: str = "auto"
+    matrix: Any,
+    rhs: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    *,
+    method: str = "auto",
+    rtol: float = RTOL,
 ) -> np.ndarray:
     """The imputation system's solution, (n, C) float64.
 
     ``"direct"`` is SuperLU (``scipy.sparse.linalg.spsolve``), the plain path. ``"multigrid"``
-    is :func:`featvis._evaluate._multigrid.solve`, to a relative residual of :data:`RTOL`;
+    is :func:`featvis._evaluate._multigrid.solve`, to a relative residual of ``rtol``;
     ``"auto"`` (the default) takes it where it is faster (:data:`MULTIGRID_UNKNOWNS`), and
     the direct path elsewhere or should it not converge.
     """
@@ -196,7 +216,7 @@ def solve(
         from featvis._evaluate import _multigrid
 
         try:
-            return _multigrid.solve(matrix, rhs, ys, xs, rtol=RTOL)
+            return _multigrid.solve(matrix, rhs, ys, xs, rtol=rtol)
         except RuntimeError:  # did not converge (never seen on an image): solve it directly
             if method == "multigrid":
                 raise
