@@ -48,6 +48,7 @@ GROUPS = {
         "explain",
         "Explanation",
         "default_layer",
+        "stage_layers",
         "list_methods",
         "Method",
         "MethodRequest",

@@ -60,6 +60,7 @@ from featvis._explain import (
     default_layer,
     explain,
     list_methods,
+    stage_layers,
 )
 from featvis._figures import Figure
 from featvis._images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, prepare_images, read_image
@@ -185,6 +186,7 @@ __all__ = [
     "require",
     "requiring",
     "resize",
+    "stage_layers",
     "strongest_channel",
     "survey",
     "tied_channels",

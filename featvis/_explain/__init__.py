@@ -6,7 +6,7 @@ need :class:`featvis.Differentiable`, the gradient-free ones only :class:`featvi
 backends too. Methods are plugins (the ``register_methods`` hook), the built-in ones included.
 """
 
-from featvis._explain._api import default_layer, explain
+from featvis._explain._api import default_layer, explain, stage_layers
 from featvis._explain._explanation import Explanation
 from featvis._explain._registry import (
     Method,
@@ -25,4 +25,5 @@ __all__ = [
     "explain",
     "get_method",
     "list_methods",
+    "stage_layers",
 ]

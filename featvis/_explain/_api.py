@@ -10,7 +10,7 @@ import numpy as np
 
 from featvis._backend import Backend
 from featvis._capabilities import Scorer, require
-from featvis._errors import ArgumentError
+from featvis._errors import ArgumentError, ModelError
 from featvis._explain._common import upsample
 from featvis._explain._explanation import Explanation
 from featvis._explain._registry import Method, MethodRequest, MethodResult, get_method, list_methods
@@ -19,7 +19,7 @@ from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer
 from featvis._threads import with_one_blas_thread
 
-__all__ = ["default_layer", "explain"]
+__all__ = ["default_layer", "explain", "stage_layers"]
 
 _defaults: weakref.WeakKeyDictionary[object, Layer] = weakref.WeakKeyDictionary()
 
@@ -68,6 +68,60 @@ def default_layer(backend: Backend) -> Layer:
     with contextlib.suppress(TypeError):  # a backend that takes no weak reference
         _defaults[backend] = found
     return found
+
+
+def stage_layers(backend: Backend, count: int = 3) -> list[Layer]:
+    """The last layer of each of the model's last ``count`` grid sizes, deepest first: where
+    each stage of the network ends, before the next one halves the grid.
+
+    ``featvis.explain(backend, images, layer=featvis.stage_layers(backend))`` fuses a method's
+    maps over them (pytorch-grad-cam's several ``target_layers``): the deepest layer is the
+    most class-specific and the coarsest, the earlier ones place the evidence more finely.
+    EfficientNet-Lite0: ``_relu1`` (7x7), ``_blocks.11._relu0`` (14x14), ``_blocks.5._relu0``
+    (28x28). The first is :func:`default_layer`. Layers whose shape the backend does not know
+    are run once, together, on a blank image to find out.
+
+    Raises
+    ------
+    ArgumentError
+        If ``count`` is not a positive integer, or the model has fewer grid sizes.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ArgumentError(f"count must be a positive integer, got {count!r}.")
+    # padding changes the grid without ending a stage (ONNX lists the Pad before each conv)
+    layers = [
+        layer for layer in backend.layers() if layer.unavailable is None and layer.kind != "pad"
+    ]
+    grids: dict[str, tuple[int, int]] = {}
+    unknown = []
+    for layer in layers:
+        shape = layer.output_shape
+        if shape is not None and len(shape) == 4 and shape[2] is not None and shape[3] is not None:
+            grids[layer.name] = (int(shape[2]), int(shape[3]))
+        elif shape is None or len(shape) == 4:
+            unknown.append(layer)
+    if unknown:
+        size = backend.preprocess.size or (224, 224)
+        blank = np.zeros((1, backend.preprocess.channels, *size), np.float32)
+        outputs = backend.activations(blank, unknown)
+        for layer in unknown:
+            if layer.name in outputs and outputs[layer.name].ndim == 4:
+                h, w = outputs[layer.name].shape[2:]
+                grids[layer.name] = (int(h), int(w))
+    found: list[Layer] = []
+    area = 1
+    for layer in reversed(layers):  # the last layer of each grid larger than the ones after it
+        grid = grids.get(layer.name)
+        if grid is not None and grid[0] * grid[1] > area:
+            found.append(layer)
+            area = grid[0] * grid[1]
+            if len(found) == count:
+                return found
+    sizes = ", ".join(f"{grids[layer.name][0]}x{grids[layer.name][1]}" for layer in found)
+    raise ArgumentError(
+        f"The model has {len(found)} grid size(s) ({sizes or 'none'}), fewer than the {count} "
+        f"asked; pass count={len(found)} or less."
+    )
 
 
 def _prepared(backend: Backend, images: Images) -> np.ndarray:
@@ -146,9 +200,13 @@ def explain(
         :class:`featvis.Patchable`), ``occlusion``, ``rise``, ``eigencam`` (not
         class-discriminative), and ``cam`` (a model ending in global average pooling and one
         fully connected layer, :class:`featvis.LinearHead`).
-    layer : str or Layer, optional
+    layer : str or Layer, or a list of them, optional
         The layer to explain at. Default: the last layer whose output has a spatial grid
         (:func:`default_layer`); the result says which. Occlusion and RISE use no layer.
+        A list fuses the method's maps at those layers as pytorch-grad-cam fuses several
+        ``target_layers``: each layer's map scaled to [0, 1] and resized to the input, their
+        mean scaled to [0, 1] again (``.raw`` is then ``.maps``, ``.layer`` a tuple).
+        :func:`stage_layers` gives the last layer of each stage.
     target : optional
         What to explain. ``None``: the class the model predicts for each image. A class index
         or a name from ``backend.categories`` (``"Egyptian cat"``): that class. A tuple of
@@ -215,6 +273,20 @@ def explain(
         raise ArgumentError(f"samples must be a positive integer, got {samples!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if isinstance(layer, (list, tuple)):
+        return _fused(
+            backend,
+            images,
+            spec,
+            layer,
+            target=target,
+            noise=noise,
+            samples=samples,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            options=options,
+        )
     if spec.uses_layer:
         chosen = backend.layer(layer) if layer is not None else default_layer(backend)
     elif layer is not None:
@@ -259,6 +331,74 @@ def explain(
         categories=backend.categories,
         images=_display(batch, backend.preprocess),
         options=used,
+    )
+
+
+def _unit(maps: np.ndarray) -> np.ndarray:
+    """Each ``(h, w)`` map scaled to [0, 1] (min to 0, max to 1); a constant map to 0, as
+    pytorch-grad-cam's ``scale_cam_image`` does (it carries nothing to fuse)."""
+    m = np.asarray(maps, np.float64)
+    low = m.min(axis=(-2, -1), keepdims=True)
+    span = m.max(axis=(-2, -1), keepdims=True) - low
+    return np.divide(m - low, span, out=np.zeros_like(m), where=span > 0)
+
+
+def _fused(
+    backend: Backend,
+    images: Images,
+    spec: Method,
+    layers: list[Any] | tuple[Any, ...],
+    *,
+    options: dict[str, Any],
+    **settings: Any,
+) -> Explanation:
+    """``explain`` at several layers, fused as pytorch-grad-cam fuses several
+    ``target_layers``: each layer's map (ReLU) scaled to [0, 1] at its own resolution and
+    resized bilinearly to the input, the mean over the layers, scaled to [0, 1] again."""
+    if not spec.uses_layer:
+        raise ArgumentError(f"Method {spec.name!r} uses no layer; leave layer= out.")
+    if not layers:
+        raise ArgumentError(
+            "layer= is an empty list; name the layers to fuse (featvis.stage_layers(backend) "
+            "gives one per stage), or leave layer= out for the default layer."
+        )
+    chosen = [backend.layer(one) for one in layers]
+    names = [one.name for one in chosen]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ArgumentError(
+            f"Layer(s) {', '.join(map(repr, twice))} named more than once in layer=; name each "
+            "layer once."
+        )
+    batch = _prepared(backend, images)
+    parts = [
+        explain(backend, batch, method=spec.name, layer=one, **settings, **options)
+        for one in chosen
+    ]
+    first = parts[0]
+    for part in parts[1:]:
+        if not np.array_equal(part.targets, first.targets):
+            raise ModelError(
+                f"The model predicted different classes for the same images at layers "
+                f"{first.layer!r} and {part.layer!r}: its output is not deterministic, so "
+                "there is no one class to fuse the maps of. Pass target= explicitly."
+            )
+    size = batch.shape[2:]
+    scaled = np.stack([upsample(_unit(np.maximum(p.raw, 0.0)), size) for p in parts])
+    fused = _unit(np.maximum(scaled, 0.0).mean(axis=0)).astype(np.float32)
+    return Explanation(
+        maps=fused,
+        raw=fused.copy(),
+        targets=first.targets,
+        scores=first.scores,
+        method=spec.name,
+        layer=tuple(names),
+        layer_alias=tuple(one.alias for one in chosen),
+        default_layer=False,
+        contrast=first.contrast,
+        categories=first.categories,
+        images=first.images,
+        options=first.options,
     )
 
 

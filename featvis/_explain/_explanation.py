@@ -36,10 +36,11 @@ class Explanation:
         The explained score of each unperturbed image: the class's score, or for a contrast
         the difference of the two classes' scores (NaN for EigenCAM).
     method : str
-    layer : str or None
-        The backend-native name of the layer explained (None for occlusion and RISE).
-    layer_alias : str or None
-        Its canonical alias (``relu41``).
+    layer : str, tuple of str, or None
+        The backend-native name of the layer explained (None for occlusion and RISE; a tuple
+        when the maps of several layers were fused, ``explain(..., layer=[...])``).
+    layer_alias : str, tuple, or None
+        Its canonical alias (``relu41``), or theirs.
     default_layer : bool
         Whether featvis chose the layer: the last one whose output has a spatial grid.
     contrast : ndarray, shape (N,), int64, or None
@@ -57,8 +58,8 @@ class Explanation:
     targets: np.ndarray
     scores: np.ndarray
     method: str
-    layer: str | None = None
-    layer_alias: str | None = None
+    layer: str | tuple[str, ...] | None = None
+    layer_alias: str | tuple[str | None, ...] | None = None
     default_layer: bool = False
     contrast: np.ndarray | None = None
     categories: list[str] | None = None
@@ -100,7 +101,11 @@ class Explanation:
     def describe(self, index: int = 0) -> str:
         """One sentence about the map of image ``index``, for a caption."""
         where = ""
-        if self.layer is not None:
+        if isinstance(self.layer, tuple):
+            where = (
+                f" fused over layers {self._fused_layers()} (each scaled to [0, 1], then averaged)"
+            )
+        elif self.layer is not None:
             alias = f" ({self.layer_alias})" if self.layer_alias else ""
             chosen = ", the last layer with a spatial grid" if self.default_layer else ""
             h, w = self.raw.shape[1:]
@@ -112,9 +117,18 @@ class Explanation:
         smooth = f", averaged over {self.options.get('samples')} noisy copies" if noise else ""
         return f"{self.method} of {what}{value}{where}{smooth}."
 
+    def _fused_layers(self) -> str:
+        """``"_relu1 (relu33), _blocks.11._relu0 (relu23)"``: the layers of a fused map."""
+        assert isinstance(self.layer, tuple)
+        aliases = self.layer_alias if isinstance(self.layer_alias, tuple) else ()
+        aliases += (None,) * (len(self.layer) - len(aliases))
+        return ", ".join(f"{n} ({a})" if a else n for n, a in zip(self.layer, aliases))
+
     def __repr__(self) -> str:
         layer = ""
-        if self.layer is not None:
+        if isinstance(self.layer, tuple):
+            layer = f" fused over layers {self._fused_layers()}"
+        elif self.layer is not None:
             layer = f" layer={self.layer!r}" + (
                 f" ({self.layer_alias})" if self.layer_alias else ""
             )

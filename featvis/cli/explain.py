@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         backend,
         image,
         method=args.method,
-        layer=args.layer,
+        layer=args.layer[0] if args.layer and len(args.layer) == 1 else args.layer,
         target=target,
         noise=args.noise,
         samples=args.samples,
@@ -114,7 +114,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "questions: 'Egyptian cat' --vs tabby)",
     )
     parser.add_argument(
-        "--layer", metavar="L", help="the layer (default: the last with a spatial grid)"
+        "--layer",
+        metavar="L",
+        action="append",
+        help="the layer (default: the last with a spatial grid); repeated, the maps of those "
+        "layers fused (each scaled to [0, 1], averaged: pytorch-grad-cam's target_layers)",
     )
     parser.add_argument(
         "--noise",

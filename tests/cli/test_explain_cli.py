@@ -69,6 +69,7 @@ def test_explain_draws_the_image_beside_its_map(
         (["--target", "class 3", "--vs", "class 4"], "class 3 rather than class 4"),
         (["--vs", "class 4"], "rather than class 4"),
         (["--method", "layercam", "--layer", "conv2"], "layercam of class"),
+        (["--layer", "relu2", "--layer", "relu1"], "fused over layers block.relu (relu2), stem"),
         (["--method", "occlusion", "--option", "window=8", "--option", "stride=4"], "occlusion"),
         (["--noise", "0.1", "--samples", "2"], "averaged over 2 noisy copies"),
     ],

@@ -184,6 +184,21 @@ def test_a_row_can_name_its_own_layer(images: list[np.ndarray]) -> None:
         featvis.evaluate(backend, images, {"o": {"method": "occlusion", "layer": "conv1"}})
 
 
+def test_a_row_can_fuse_layers_and_an_explanation_of_fused_layers_runs_again(
+    images: list[np.ndarray],
+) -> None:
+    backend = featvis.testing.tiny_cnn(differentiable=True)
+    layers = ["block.relu", "stem.relu"]
+    fused = featvis.explain(backend, images, layer=layers)
+    rows = {"row": {"method": "gradcam", "layer": layers}, "given": fused}
+    ev = featvis.evaluate(backend, images, rows, metrics=["deletion", "stability"])
+    np.testing.assert_array_equal(ev.maps["row"], fused.maps)
+    np.testing.assert_array_equal(ev.maps["given"], fused.maps)
+    # the explanation is run again on the noisy copies, fused over the same layers
+    assert np.isfinite(ev.values["given"]["stability"]).all()
+    np.testing.assert_array_equal(ev.values["given"]["stability"], ev.values["row"]["stability"])
+
+
 def test_a_fixed_array_has_no_stability_and_cannot_depend_on_the_model(
     quadrant: ArrayBackend, images: list[np.ndarray]
 ) -> None:

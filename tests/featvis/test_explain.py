@@ -178,6 +178,66 @@ def test_the_default_layer_is_the_last_with_a_grid_and_the_result_says_so(
     assert named.raw.shape == (1, 16, 16)
 
 
+def _scaled_to_unit(m: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's scale_cam_image without its 1e-7: min to 0, max to 1."""
+    low = m.min(axis=(1, 2), keepdims=True)
+    return (m - low) / (m.max(axis=(1, 2), keepdims=True) - low)
+
+
+def test_a_list_of_layers_fuses_their_maps_as_pytorch_grad_cam_does(
+    backend: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    from skimage.transform import resize  # bilinear, pixel centres aligned: an independent resize
+
+    fused = featvis.explain(backend, images, layer=["block.relu", "stem.relu"], target=[1, 4, 7])
+    deep = featvis.explain(backend, images, layer="block.relu", target=[1, 4, 7]).raw
+    shallow = featvis.explain(backend, images, layer="stem.relu", target=[1, 4, 7]).raw
+    assert deep.shape == (3, 16, 16) and shallow.shape == (3, 32, 32)
+    # BaseCAM: per layer ReLU, scale to [0, 1] and resize; the mean over layers, scaled again
+    up = np.stack([resize(m, (32, 32), order=1, mode="edge") for m in _scaled_to_unit(deep)])
+    expected = _scaled_to_unit((up + _scaled_to_unit(shallow)) / 2)
+    np.testing.assert_allclose(fused.maps, expected, atol=1e-5)
+    np.testing.assert_array_equal(fused.raw, fused.maps)
+    assert not np.allclose(_scaled_to_unit(shallow), expected, atol=0.05)  # both layers count
+    assert fused.layer == ("block.relu", "stem.relu")
+    assert fused.layer_alias == ("relu2", "relu1")
+    np.testing.assert_array_equal(fused.targets, [1, 4, 7])
+    np.testing.assert_allclose(
+        fused.scores, featvis.explain(backend, images, target=[1, 4, 7]).scores
+    )
+    assert "fused over layers block.relu (relu2), stem.relu (relu1)" in fused.describe(0)
+    assert "fused over layers" in repr(fused)
+    fused.figure()  # draws like any other explanation
+
+
+def test_fusing_layers_is_refused_where_it_cannot_mean_anything(
+    backend: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    with pytest.raises(featvis.ArgumentError, match="empty list"):
+        featvis.explain(backend, images, layer=[])
+    with pytest.raises(featvis.ArgumentError, match="more than once"):
+        featvis.explain(backend, images, layer=["block.relu", "relu2"])  # one layer, two names
+    with pytest.raises(featvis.ArgumentError, match="uses no layer"):
+        featvis.explain(backend, images, method="occlusion", layer=["block.relu", "stem.relu"])
+    with pytest.raises(featvis.UnknownLayerError):
+        featvis.explain(backend, images, layer=["block.relu", "nope"])
+
+
+def test_stage_layers_are_the_last_layer_of_each_grid_deepest_first(
+    backend: ArrayBackend,
+) -> None:
+    # tiny_cnn: stem 32x32 -> pool 16x16 -> block 16x16 -> gap 1x1
+    assert [layer.name for layer in featvis.stage_layers(backend, 2)] == [
+        "block.relu",
+        "stem.relu",
+    ]
+    assert featvis.stage_layers(backend, 1)[0].name == featvis.default_layer(backend).name
+    with pytest.raises(featvis.ArgumentError, match=r"2 grid size\(s\) \(16x16, 32x32\)"):
+        featvis.stage_layers(backend, 3)
+    with pytest.raises(featvis.ArgumentError, match="positive integer"):
+        featvis.stage_layers(backend, 0)
+
+
 def test_a_backend_without_gradients_is_told_what_works(
     plain: ArrayBackend, images: list[np.ndarray]
 ) -> None:

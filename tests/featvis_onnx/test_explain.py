@@ -175,6 +175,25 @@ def test_the_cat_map_peaks_on_the_cat_and_the_espresso_map_on_the_cup(
 
 
 @pytest.mark.slow
+def test_stage_layers_and_fused_maps_on_onnx_equal_them_on_torch(
+    lite0: tuple[Any, Any], photo: np.ndarray
+) -> None:
+    torch_backend, onnx_backend = lite0
+    on_torch, on_onnx = featvis.stage_layers(torch_backend), featvis.stage_layers(onnx_backend)
+    assert [layer.name for layer in on_torch] == [
+        "_relu1",
+        "_blocks.11._relu0",
+        "_blocks.5._relu0",
+    ]
+    # the same layers by their aliases: the Pad the export puts before a conv ends no stage
+    assert [layer.alias for layer in on_onnx] == [layer.alias for layer in on_torch]
+    x = featvis.prepare_images([photo], torch_backend.preprocess)
+    a = featvis.explain(torch_backend, x, method="eigencam", layer=on_torch)
+    b = featvis.explain(onnx_backend, x, method="eigencam", layer=on_onnx)
+    _close(a, b)
+
+
+@pytest.mark.slow
 def test_eigencam_is_not_class_discriminative(
     lite0: tuple[Any, Any], cat_and_cup: np.ndarray
 ) -> None:

@@ -97,6 +97,24 @@ def test_the_grad_cam_family_equals_pytorch_grad_cams(
     np.testing.assert_allclose(_scaled(ours.raw), theirs, atol=1e-4)
 
 
+def test_fused_layers_equal_pytorch_grad_cams_several_target_layers(
+    backend: TorchBackend, model: nn.Module, x: torch.Tensor
+) -> None:
+    twin = copy.deepcopy(model)
+    with GradCAM(model=twin, target_layers=[twin.layer4, twin.layer3, twin.layer2]) as cam:
+        theirs = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(c) for c in CLASSES])
+    layers = featvis.stage_layers(backend, 3)  # the outputs of layer4, layer3 and layer2
+    assert [layer.name for layer in layers] == [
+        "layer4.1.relu#2",
+        "layer3.1.relu#2",
+        "layer2.1.relu#2",
+    ]
+    ours = featvis.explain(backend, x, layer=layers, target=CLASSES)
+    np.testing.assert_allclose(ours.maps, theirs, atol=1e-4)
+    one = _peer(GradCAM, model, x)  # layer4 alone: the fusion changed the map
+    assert np.abs(one - theirs).max() > 0.1
+
+
 def test_gradcampp_differs_from_pytorch_grad_cam_only_by_its_epsilon(
     backend: TorchBackend, model: nn.Module, x: torch.Tensor
 ) -> None:
