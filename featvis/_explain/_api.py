@@ -367,8 +367,8 @@ def _fused(
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ArgumentError(
-            f"Layer(s) {', '.join(map(repr, twice))} named more than once in layer=; name each "
-            "layer once."
+            f"Layer(s) {', '.join(map(repr, twice))} named more than once (by name or "
+            "alias); name each layer once."
         )
     batch = _prepared(backend, images)
     parts = [
