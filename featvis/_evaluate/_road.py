@@ -22,6 +22,7 @@ __all__ = [
     "MULTIGRID_UNKNOWNS",
     "NEIGHBOURS",
     "RTOL",
+    "RTOL_NOISY",
     "RTOL_PER_NOISE",
     "impute",
     "impute_many",

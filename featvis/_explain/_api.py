@@ -18,17 +18,24 @@ from featvis._explain._targets import Resolved, Targets, parse_targets
 from featvis._images import Images, Preprocess, prepare_images
 from featvis._layers import Layer
 from featvis._threads import with_one_blas_thread
+from featvis.render import normalize
 
 __all__ = ["default_layer", "explain", "stage_layers"]
 
 _defaults: weakref.WeakKeyDictionary[object, Layer] = weakref.WeakKeyDictionary()
 
 
-def _spatial(shape: tuple[int | None, ...] | None) -> bool | None:
-    """Whether an NCHW output shape has a grid (None: not known from the shape)."""
+def _grid(shape: tuple[int | None, ...] | None) -> tuple[int, int] | None:
+    """The ``(H, W)`` of an NCHW output shape (None: not known from the shape)."""
     if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
         return None
-    return shape[2] * shape[3] > 1
+    return int(shape[2]), int(shape[3])
+
+
+def _blank(backend: Backend) -> np.ndarray:
+    """One black image at the model's input size, to run layers whose shape is not known."""
+    size = backend.preprocess.size or (224, 224)
+    return np.zeros((1, backend.preprocess.channels, *size), np.float32)
 
 
 def default_layer(backend: Backend) -> Layer:
@@ -49,14 +56,11 @@ def default_layer(backend: Backend) -> Layer:
     found = None
     blank = None
     for layer in reversed(layers):
-        spatial = _spatial(layer.output_shape)
-        if spatial is None:
-            if blank is None:
-                size = backend.preprocess.size or (224, 224)
-                blank = np.zeros((1, backend.preprocess.channels, *size), np.float32)
-            out = backend.activations(blank, layer)
-            spatial = out.shape[2] * out.shape[3] > 1
-        if spatial:
+        grid = _grid(layer.output_shape)
+        if grid is None:
+            blank = _blank(backend) if blank is None else blank
+            grid = _grid(backend.activations(blank, layer).shape)
+        if grid is not None and grid[0] * grid[1] > 1:
             found = layer
             break
     if found is None:
@@ -92,32 +96,25 @@ def stage_layers(backend: Backend, count: int = 3) -> list[Layer]:
     layers = [
         layer for layer in backend.layers() if layer.unavailable is None and layer.kind != "pad"
     ]
-    grids: dict[str, tuple[int, int]] = {}
-    unknown = []
-    for layer in layers:
-        shape = layer.output_shape
-        if shape is not None and len(shape) == 4 and shape[2] is not None and shape[3] is not None:
-            grids[layer.name] = (int(shape[2]), int(shape[3]))
-        elif shape is None or len(shape) == 4:
-            unknown.append(layer)
+    grids = {layer.name: _grid(layer.output_shape) for layer in layers}
+    unknown = [  # no grid in the listing, but maybe one at run time: run them once, together
+        layer.name
+        for layer in layers
+        if grids[layer.name] is None and len(layer.output_shape or (0, 0, 0, 0)) == 4
+    ]
     if unknown:
-        size = backend.preprocess.size or (224, 224)
-        blank = np.zeros((1, backend.preprocess.channels, *size), np.float32)
-        outputs = backend.activations(blank, unknown)
-        for layer in unknown:
-            if layer.name in outputs and outputs[layer.name].ndim == 4:
-                h, w = outputs[layer.name].shape[2:]
-                grids[layer.name] = (int(h), int(w))
+        outputs = backend.activations(_blank(backend), unknown)
+        grids.update((name, _grid(out.shape)) for name, out in outputs.items())
     found: list[Layer] = []
-    area = 1
+    seen: list[tuple[int, int]] = []
     for layer in reversed(layers):  # the last layer of each grid larger than the ones after it
-        grid = grids.get(layer.name)
-        if grid is not None and grid[0] * grid[1] > area:
+        grid = grids[layer.name]
+        if grid is not None and grid[0] * grid[1] > (seen[-1][0] * seen[-1][1] if seen else 1):
             found.append(layer)
-            area = grid[0] * grid[1]
+            seen.append(grid)
             if len(found) == count:
                 return found
-    sizes = ", ".join(f"{grids[layer.name][0]}x{grids[layer.name][1]}" for layer in found)
+    sizes = ", ".join(f"{h}x{w}" for h, w in seen)
     raise ArgumentError(
         f"The model has {len(found)} grid size(s) ({sizes or 'none'}), fewer than the {count} "
         f"asked; pass count={len(found)} or less."
@@ -334,15 +331,6 @@ def explain(
     )
 
 
-def _unit(maps: np.ndarray) -> np.ndarray:
-    """Each ``(h, w)`` map scaled to [0, 1] (min to 0, max to 1); a constant map to 0, as
-    pytorch-grad-cam's ``scale_cam_image`` does (it carries nothing to fuse)."""
-    m = np.asarray(maps, np.float64)
-    low = m.min(axis=(-2, -1), keepdims=True)
-    span = m.max(axis=(-2, -1), keepdims=True) - low
-    return np.divide(m - low, span, out=np.zeros_like(m), where=span > 0)
-
-
 def _fused(
     backend: Backend,
     images: Images,
@@ -383,9 +371,10 @@ def _fused(
                 f"{first.layer!r} and {part.layer!r}: its output is not deterministic, so "
                 "there is no one class to fuse the maps of. Pass target= explicitly."
             )
+    # each map alone to [0, 1], a constant one to 0: pytorch-grad-cam's scale_cam_image
     size = batch.shape[2:]
-    scaled = np.stack([upsample(_unit(np.maximum(p.raw, 0.0)), size) for p in parts])
-    fused = _unit(np.maximum(scaled, 0.0).mean(axis=0)).astype(np.float32)
+    scaled = [upsample(normalize(np.maximum(p.raw, 0.0), scope="channel"), size) for p in parts]
+    fused = normalize(np.maximum(np.stack(scaled), 0.0).mean(axis=0), scope="channel")
     return Explanation(
         maps=fused,
         raw=fused.copy(),

@@ -238,6 +238,44 @@ def test_stage_layers_are_the_last_layer_of_each_grid_deepest_first(
         featvis.stage_layers(backend, 0)
 
 
+def test_stage_layers_runs_layers_of_unknown_shape_once_together(
+    backend: ArrayBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a backend that lists no shapes (an ONNX graph with symbolic sizes): found by one run
+    import dataclasses
+
+    listed = [dataclasses.replace(layer, output_shape=None) for layer in backend.layers()]
+    monkeypatch.setattr(backend, "layers", lambda: listed)
+    runs: list[int] = []
+    real = backend.activations
+    monkeypatch.setattr(backend, "activations", lambda *a, **k: runs.append(1) or real(*a, **k))
+    assert [layer.name for layer in featvis.stage_layers(backend, 2)] == [
+        "block.relu",
+        "stem.relu",
+    ]
+    assert len(runs) == 1
+
+
+def test_fusing_layers_refuses_maps_of_different_classes(
+    backend: ArrayBackend, images: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a model whose prediction changes between two forwards: no one class to fuse the maps of
+    import dataclasses
+
+    from featvis._explain import _api
+
+    real, calls = _api.explain, []
+
+    def flaky(*args: Any, **kwargs: Any) -> featvis.Explanation:
+        e = real(*args, **kwargs)
+        calls.append(1)
+        return dataclasses.replace(e, targets=e.targets + 1) if len(calls) == 2 else e
+
+    monkeypatch.setattr(_api, "explain", flaky)
+    with pytest.raises(featvis.ModelError, match="not deterministic"):
+        real(backend, images, layer=["block.relu", "stem.relu"])
+
+
 def test_a_backend_without_gradients_is_told_what_works(
     plain: ArrayBackend, images: list[np.ndarray]
 ) -> None:
