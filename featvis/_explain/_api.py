@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from typing import Any
 
@@ -270,26 +271,15 @@ def explain(
         raise ArgumentError(f"samples must be a positive integer, got {samples!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    fused = isinstance(layer, (list, tuple))
     if isinstance(layer, (list, tuple)):
-        return _fused(
-            backend,
-            images,
-            spec,
-            layer,
-            target=target,
-            noise=noise,
-            samples=samples,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress,
-            options=options,
-        )
-    if spec.uses_layer:
-        chosen = backend.layer(layer) if layer is not None else default_layer(backend)
+        chosen: list[Layer | None] = list(_fused_layers(backend, spec, layer))
+    elif spec.uses_layer:
+        chosen = [backend.layer(layer) if layer is not None else default_layer(backend)]
     elif layer is not None:
         raise ArgumentError(f"Method {spec.name!r} uses no layer; leave layer= out.")
     else:
-        chosen = None
+        chosen = [None]
     if not spec.class_discriminative and target is not None:
         raise ArgumentError(
             f"{spec.name} is not class-discriminative: its map does not depend on a target "
@@ -301,29 +291,46 @@ def explain(
 
     def request(x: np.ndarray, t: Targets, scores: np.ndarray | None) -> MethodRequest:
         return MethodRequest(
-            backend, x, chosen, t, scores, batch_size, progress, seed, dict(options)
+            backend, x, chosen[0], t, scores, batch_size, progress, seed, dict(options)
         )
 
+    def run(req: MethodRequest) -> list[MethodResult]:
+        return _at_layers(spec, req, chosen)
+
     if noise > 0:
-        result = _smoothed(spec, backend, batch, targets, request, float(noise), samples, seed)
+        results = _smoothed(
+            spec, backend, batch, targets, request, run, float(noise), samples, seed
+        )
     else:
-        result = spec.run(request(batch, targets, None))
+        results = run(request(batch, targets, None))
     size = batch.shape[2:]
-    maps = result.maps if result.maps is not None else upsample(result.raw, size)
     used = dict(options)
     if noise > 0:
         used.update(noise=float(noise), samples=samples, seed=seed)
     elif spec.name == "rise":
         used.update(seed=seed)
+    result = results[0]
+    if fused:
+        # each map alone to [0, 1], a constant one to 0: pytorch-grad-cam's scale_cam_image
+        scaled = [
+            upsample(normalize(np.maximum(r.raw, 0.0), scope="channel"), size) for r in results
+        ]
+        maps = normalize(np.maximum(np.stack(scaled), 0.0).mean(axis=0), scope="channel")
+        raw = maps.copy()
+    else:
+        maps = result.maps if result.maps is not None else upsample(result.raw, size)
+        raw = result.raw
+    names = [one.name for one in chosen if one is not None]
+    aliases = [one.alias for one in chosen if one is not None]
     return Explanation(
         maps=np.ascontiguousarray(maps, np.float32),
-        raw=np.ascontiguousarray(result.raw, np.float32),
+        raw=np.ascontiguousarray(raw, np.float32),
         targets=result.targets.classes.astype(np.int64),
         scores=np.asarray(result.scores, np.float32),
         method=spec.name,
-        layer=None if chosen is None else chosen.name,
-        layer_alias=None if chosen is None else chosen.alias,
-        default_layer=chosen is not None and layer is None,
+        layer=tuple(names) if fused else (names[0] if names else None),
+        layer_alias=tuple(aliases) if fused else (aliases[0] if aliases else None),
+        default_layer=not fused and bool(names) and layer is None,
         contrast=result.targets.contrast,
         categories=backend.categories,
         images=_display(batch, backend.preprocess),
@@ -331,18 +338,10 @@ def explain(
     )
 
 
-def _fused(
-    backend: Backend,
-    images: Images,
-    spec: Method,
-    layers: list[Any] | tuple[Any, ...],
-    *,
-    options: dict[str, Any],
-    **settings: Any,
-) -> Explanation:
-    """``explain`` at several layers, fused as pytorch-grad-cam fuses several
-    ``target_layers``: each layer's map (ReLU) scaled to [0, 1] at its own resolution and
-    resized bilinearly to the input, the mean over the layers, scaled to [0, 1] again."""
+def _fused_layers(
+    backend: Backend, spec: Method, layers: list[Any] | tuple[Any, ...]
+) -> list[Layer]:
+    """The layers of ``explain(layer=[...])``, checked: a method with layers, each named once."""
     if not spec.uses_layer:
         raise ArgumentError(f"Method {spec.name!r} uses no layer; leave layer= out.")
     if not layers:
@@ -358,37 +357,36 @@ def _fused(
             f"Layer(s) {', '.join(map(repr, twice))} named more than once (by name or "
             "alias); name each layer once."
         )
-    batch = _prepared(backend, images)
-    parts = [
-        explain(backend, batch, method=spec.name, layer=one, **settings, **options)
-        for one in chosen
-    ]
-    first = parts[0]
-    for part in parts[1:]:
-        if not np.array_equal(part.targets, first.targets):
+    return chosen
+
+
+def _at_layers(spec: Method, req: MethodRequest, layers: list[Layer | None]) -> list[MethodResult]:
+    """The method's result at each layer: one ``run``, the method's own ``run_layers`` (one
+    pass for every layer), or one ``run`` per layer with the targets resolved once."""
+    if len(layers) == 1:
+        return [spec.run(req)]
+    if spec.run_layers is not None:
+        results = spec.run_layers(req, [one for one in layers if one is not None])
+    else:
+        if req.scores is None and spec.class_discriminative and isinstance(req.backend, Scorer):
+            req = dataclasses.replace(
+                req, scores=req.backend.scores(req.batch, batch_size=req.batch_size)
+            )
+        results = [spec.run(dataclasses.replace(req, layer=one)) for one in layers]
+    if len(results) != len(layers):
+        raise ModelError(
+            f"Method {spec.name!r} returned {len(results)} result(s) for {len(layers)} layers."
+        )
+    first = results[0].targets.classes
+    for one, result in zip(layers[1:], results[1:]):
+        if not np.array_equal(result.targets.classes, first):
             raise ModelError(
-                f"The model predicted different classes for the same images at layers "
-                f"{first.layer!r} and {part.layer!r}: its output is not deterministic, so "
+                f"Method {spec.name!r} explained different classes for the same images at "
+                f"layers {layers[0].name!r} and {one.name!r}: the model's output is not "  # type: ignore[union-attr]
+                "deterministic, or the method does not explain the targets it is given, so "
                 "there is no one class to fuse the maps of. Pass target= explicitly."
             )
-    # each map alone to [0, 1], a constant one to 0: pytorch-grad-cam's scale_cam_image
-    size = batch.shape[2:]
-    scaled = [upsample(normalize(np.maximum(p.raw, 0.0), scope="channel"), size) for p in parts]
-    fused = normalize(np.maximum(np.stack(scaled), 0.0).mean(axis=0), scope="channel")
-    return Explanation(
-        maps=fused,
-        raw=fused.copy(),
-        targets=first.targets,
-        scores=first.scores,
-        method=spec.name,
-        layer=tuple(names),
-        layer_alias=tuple(one.alias for one in chosen),
-        default_layer=False,
-        contrast=first.contrast,
-        categories=first.categories,
-        images=first.images,
-        options=first.options,
-    )
+    return results
 
 
 def _smoothed(
@@ -397,11 +395,13 @@ def _smoothed(
     batch: np.ndarray,
     targets: Targets,
     request: Any,
+    run: Any,
     noise: float,
     samples: int,
     seed: int,
-) -> MethodResult:
-    """The method over noisy copies of each image, averaged, for the clean image's target."""
+) -> list[MethodResult]:
+    """The method (``run``: a request to a result per layer) over noisy copies of each image,
+    averaged, for the clean image's target."""
     n = len(batch)
     if spec.class_discriminative:
         scorer = require(backend, Scorer, needed_for="noise=")
@@ -411,23 +411,18 @@ def _smoothed(
         fixed = Targets(clean.classes, contrast)
     else:
         clean, fixed, clean_scores = None, targets, None
-    result = spec.run(request(_noisy(batch, noise, samples, seed), fixed.repeat(samples), None))
+    results = run(request(_noisy(batch, noise, samples, seed), fixed.repeat(samples), None))
 
     def mean(a: np.ndarray) -> np.ndarray:
         return a.reshape(n, samples, *a.shape[1:]).mean(axis=1, dtype=np.float64).astype(np.float32)
 
     if clean is None:
-        none = Resolved(np.full(n, -1, np.int64), None, np.zeros((n, 0), np.float32))
-        return MethodResult(
-            mean(result.raw),
-            none,
-            np.full(n, np.nan, np.float32),
-            None if result.maps is None else mean(result.maps),
-        )
-    assert clean_scores is not None
-    return MethodResult(
-        mean(result.raw),
-        clean,
-        clean.values(clean_scores),
-        None if result.maps is None else mean(result.maps),
-    )
+        clean = Resolved(np.full(n, -1, np.int64), None, np.zeros((n, 0), np.float32))
+        values = np.full(n, np.nan, np.float32)
+    else:
+        assert clean_scores is not None
+        values = clean.values(clean_scores)
+    return [
+        MethodResult(mean(r.raw), clean, values, None if r.maps is None else mean(r.maps))
+        for r in results
+    ]

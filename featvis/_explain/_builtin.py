@@ -29,7 +29,16 @@ def register_methods(register: Callable[[Method], None]) -> None:
         ("layercam", _gradient.layercam, "LayerCAM (Jiang et al., 2021)", ("layer-cam",)),
         ("hirescam", _gradient.hirescam, "HiResCAM (Draelos & Carin, 2020)", ("hires-cam",)),
     ):
-        register(Method(name, run, _GRADIENT, description, aliases=aliases))
+        register(
+            Method(
+                name,
+                run,
+                _GRADIENT,
+                description,
+                aliases=aliases,
+                run_layers=_gradient.at_layers(_gradient.FORMULAS[name]),
+            )
+        )
     register(
         Method(
             "cam",

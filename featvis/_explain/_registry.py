@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,11 @@ class Method:
         The keyword options ``run`` reads from ``request.options`` (others are refused).
     aliases : tuple of str
         Other names, such as ``"grad-cam"``.
+    run_layers : callable, optional
+        ``run_layers(request, layers) -> [MethodResult per layer]``: the method at several
+        layers at once, for ``explain(layer=[...])``, where one pass can serve them all (the
+        gradient methods: one forward and one backward pass for every layer). Without it,
+        ``explain`` calls ``run`` once per layer, with the targets resolved once.
     """
 
     name: str
@@ -111,6 +116,7 @@ class Method:
     class_discriminative: bool = True
     options: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    run_layers: Callable[[MethodRequest, Sequence[Layer]], list[MethodResult]] | None = None
 
     def works_with(self, backend: object) -> bool:
         """Whether ``backend`` has every capability this method needs."""

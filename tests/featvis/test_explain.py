@@ -8,6 +8,7 @@ gives, or by brute force (every channel, every window, without featvis's shortcu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 import featvis
 from featvis import Objective
+from featvis._explain._common import upsample
 from featvis._explain._occlusion import rise_masks
 from featvis.plugins import pm
 from featvis.testing import ArrayBackend, Step, tiny_cnn
@@ -242,8 +244,6 @@ def test_stage_layers_runs_layers_of_unknown_shape_once_together(
     backend: ArrayBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a backend that lists no shapes (an ONNX graph with symbolic sizes): found by one run
-    import dataclasses
-
     listed = [dataclasses.replace(layer, output_shape=None) for layer in backend.layers()]
     monkeypatch.setattr(backend, "layers", lambda: listed)
     runs: list[int] = []
@@ -256,24 +256,92 @@ def test_stage_layers_runs_layers_of_unknown_shape_once_together(
     assert len(runs) == 1
 
 
-def test_fusing_layers_refuses_maps_of_different_classes(
+def test_fused_gradient_maps_come_from_one_forward_and_backward_pass(
     backend: ArrayBackend, images: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a model whose prediction changes between two forwards: no one class to fuse the maps of
-    import dataclasses
+    layers = ["block.relu", "stem.relu"]
+    alone = {name: featvis.explain(backend, images, layer=name).raw for name in layers}
+    passes: list[list[str]] = []
+    real = backend.gradients
+    monkeypatch.setattr(
+        backend,
+        "gradients",
+        lambda x, names, *a, **k: passes.append(list(names)) or real(x, names, *a, **k),
+    )
+    for method in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"):
+        passes.clear()
+        fused = featvis.explain(backend, images, method=method, layer=layers)
+        assert passes == [layers], method  # one pass gives both layers, not one pass each
+        assert fused.maps.shape == (3, 32, 32)
+    passes.clear()
+    fused = featvis.explain(backend, images, layer=layers, noise=0.1, samples=2)
+    assert passes == [layers]  # the noisy copies too
+    # the one pass gives each layer what a pass of its own gives
+    pairs = featvis.explain(backend, images, layer=layers)
+    up = upsample(featvis.normalize(alone["block.relu"], scope="channel"), (32, 32))
+    expected = featvis.normalize(
+        (up + featvis.normalize(alone["stem.relu"], scope="channel")) / 2, scope="channel"
+    )
+    np.testing.assert_allclose(pairs.maps, expected, atol=1e-6)
 
-    from featvis._explain import _api
 
-    real, calls = _api.explain, []
+class _LayerPlugin:
+    """A method from outside featvis that explains at a layer and has no ``run_layers``: each
+    map is the layer's channel mean, the class the one it is asked, or (``flaky``) a class
+    that changes from call to call."""
 
-    def flaky(*args: Any, **kwargs: Any) -> featvis.Explanation:
-        e = real(*args, **kwargs)
-        calls.append(1)
-        return dataclasses.replace(e, targets=e.targets + 1) if len(calls) == 2 else e
+    def __init__(self) -> None:
+        self.requests: list[featvis.MethodRequest] = []
 
-    monkeypatch.setattr(_api, "explain", flaky)
-    with pytest.raises(featvis.ModelError, match="not deterministic"):
-        real(backend, images, layer=["block.relu", "stem.relu"])
+    @featvis.hookimpl
+    def register_methods(self, register: Any) -> None:
+        def mean(req: featvis.MethodRequest) -> featvis.MethodResult:
+            self.requests.append(req)
+            assert req.layer is not None
+            raw = req.backend.activations(req.batch, req.layer).mean(axis=1)
+            targets = req.resolve()
+            return featvis.MethodResult(raw, targets, targets.values(req.scores))
+
+        def flaky(req: featvis.MethodRequest) -> featvis.MethodResult:
+            result = mean(req)
+            shifted = dataclasses.replace(
+                result.targets, classes=result.targets.classes + len(self.requests)
+            )
+            return dataclasses.replace(result, targets=shifted)
+
+        register(featvis.Method("channelmean", mean, description="the layer's channel mean"))
+        register(featvis.Method("flaky", flaky, description="a class per call"))
+
+
+@pytest.fixture
+def layer_plugin() -> Iterator[_LayerPlugin]:
+    plugin = _LayerPlugin()
+    pm.register(plugin, name="test-layer-methods")
+    try:
+        yield plugin
+    finally:
+        pm.unregister(plugin)
+
+
+def test_a_method_without_run_layers_is_run_once_per_layer_for_one_set_of_targets(
+    layer_plugin: _LayerPlugin, images: list[np.ndarray]
+) -> None:
+    counting = _Counting(tiny_cnn(differentiable=True))
+    fused = featvis.explain(
+        counting, images, method="channelmean", layer=["block.relu", "stem.relu"]
+    )
+    assert [r.layer.name for r in layer_plugin.requests] == ["block.relu", "stem.relu"]
+    assert counting.sizes == [3]  # the model scored the images once, for both layers
+    assert all(r.scores is not None for r in layer_plugin.requests)
+    assert fused.layer == ("block.relu", "stem.relu") and fused.maps.shape == (3, 32, 32)
+
+
+def test_fusing_layers_refuses_maps_of_different_classes(
+    layer_plugin: _LayerPlugin, backend: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    # a method that does not explain the class it is given: no one class to fuse the maps of
+    with pytest.raises(featvis.ModelError, match="different classes"):
+        featvis.explain(backend, images, method="flaky", layer=["block.relu", "stem.relu"])
 
 
 def test_a_backend_without_gradients_is_told_what_works(
