@@ -11,8 +11,13 @@ crossing tensors), and its crossing values are repeated along the batch for ever
 replacements. The cut is exact whether it is clean or not.
 
 A model exported with a fixed batch of one may have the batch size baked into the rest (a
-Reshape to ``[1, -1]``): that is checked once per layer, on two replacements, and such a rest
-is run one replacement at a time (still without running the part before the cut again).
+Reshape to ``[1, 1280]`` before the classifier, as torch.onnx exports ``flatten``). Such a
+Reshape is rewritten to take its first dimension from its input (``Shape(x)[:1]``), which is
+the same at a batch of one and follows a batch of replacements. Whether the rest then runs
+several replacements at once is checked once per layer: two different replacements in one
+run must score as each alone. A rest that fails the check (another operator with the batch
+baked in) is run one replacement at a time, still without running the part before the cut
+again.
 """
 
 from __future__ import annotations
@@ -117,6 +122,46 @@ def rest_of(g: GraphInfo, cut: str, output: str) -> tuple[onnx.ModelProto, list[
     return model, inputs
 
 
+def _batch_following(model: onnx.ModelProto, g: GraphInfo) -> None:
+    """Rewrite, in place, each Reshape of ``model`` to a constant shape ``[1, ...]`` of a
+    tensor whose first dimension is 1 so that it takes that dimension from the tensor: the
+    same result at a batch of one, and the batch's own size at a larger one."""
+    graph = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:  # Slice with tensor inputs, Shape, Concat: any opset >= 13 has them
+        return
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        shape = (
+            g.const(node.input[1]) if node.op_type == "Reshape" and len(node.input) == 2 else None
+        )
+        dims = g.shape(node.input[0]) if shape is not None else None
+        if shape is None or shape.ndim != 1 or len(shape) < 1 or int(shape[0]) != 1:
+            nodes.append(node)
+            continue
+        if not dims or dims[0] != 1:
+            nodes.append(node)
+            continue
+        prefix = f"featvis_batch_{len(graph.initializer)}"
+        for name, value in (("start", [0]), ("end", [1]), ("tail", [int(d) for d in shape[1:]])):
+            graph.initializer.append(
+                numpy_helper.from_array(np.asarray(value, np.int64), f"{prefix}_{name}")
+            )
+        nodes += [  # just before the Reshape: its input is computed by then
+            onnx.helper.make_node("Shape", [node.input[0]], [f"{prefix}_shape"]),
+            onnx.helper.make_node(
+                "Slice", [f"{prefix}_shape", f"{prefix}_start", f"{prefix}_end"], [f"{prefix}_n"]
+            ),
+            onnx.helper.make_node(
+                "Concat", [f"{prefix}_n", f"{prefix}_tail"], [f"{prefix}_dims"], axis=0
+            ),
+        ]
+        node.input[1] = f"{prefix}_dims"
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _rest(backend: OnnxBackend, layer: Layer) -> Rest:
     try:
         cache = _rests.setdefault(backend, {})
@@ -126,6 +171,7 @@ def _rest(backend: OnnxBackend, layer: Layer) -> Rest:
     if found is None:
         g = backend._graph
         model, inputs = rest_of(g, layer.name, backend.score_output)
+        _batch_following(model, g)
         options = backend._sessions.options()
         options.log_severity_level = 4  # the batch check below may fail on purpose: quiet
         try:
@@ -205,11 +251,13 @@ def patched_scores(
 
     if any(v.ndim == 0 or v.shape[0] != 1 for v in fixed.values()):
         rest.batched = False  # a crossing tensor without a batch axis of one: never repeat it
-    if rest.batched is None:
-        one = run(rows[:1])
+    if rest.batched is None and len(rows) > 1:
+        # two different replacements (the same two would hide a batch that mixes them)
+        alone = np.concatenate([run(rows[:1]), run(rows[1:2])])
         try:
-            two = run(np.concatenate([rows[:1], rows[:1]]))
-            rest.batched = bool(np.allclose(two, np.concatenate([one, one]), rtol=1e-5, atol=1e-6))
+            two = run(rows[:2])
+            tolerance = 1e-5 * max(1.0, float(np.abs(alone).max()))
+            rest.batched = bool(np.allclose(two, alone, rtol=1e-5, atol=tolerance))
         except ModelError:
             rest.batched = False
     size = (batch_size or len(rows)) if rest.batched else 1
