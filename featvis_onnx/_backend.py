@@ -21,6 +21,7 @@ from featvis import (
     number_layers,
     prepare_images,
 )
+from featvis import _metadata as metadata
 from featvis._axes import Placement, Refusal, place
 from featvis._capabilities import ScoreKind, as_scores
 from featvis._layers import LayerIndex
@@ -51,10 +52,13 @@ class OnnxBackend(BackendBase):
         The model. External data is read from the model file's folder, so pass a path for a
         model that has it.
     preprocess : Preprocess, optional
-        How images become input. An ONNX file carries no normalization, so the default is
-        ImageNet's mean and std at the model's fixed input size (224x224 when H and W are
-        dynamic), or raw 0-255 pixels for a model whose input is uint8. For a model with a fixed
-        input size, images are always resized to that size.
+        How images become input. A file that featvis exported (``TorchBackend.to_onnx``)
+        records it in its metadata (``featvis.preprocess``), and its class names
+        (``featvis.categories``, then ``backend.categories``); they are used unless this is
+        given. Other ONNX files carry no normalization, so the default is ImageNet's mean and
+        std at the model's fixed input size (224x224 when H and W are dynamic), or raw 0-255
+        pixels for a model whose input is uint8. For a model with a fixed input size, images
+        are always resized to that size.
     providers : list, optional
         ONNX Runtime execution providers, as ``InferenceSession`` takes them
         (``["CUDAExecutionProvider", "CPUExecutionProvider"]``); CPU by default.
@@ -116,8 +120,10 @@ class OnnxBackend(BackendBase):
         self._loaded = read_model(model)
         self._graph = GraphInfo(self._loaded)
         self._inputs = ModelInputs(self._graph, inputs)
+        props = {p.key: p.value for p in self._loaded.proto.metadata_props}
+        recorded, categories = metadata.read(props, self._loaded.origin)
         if preprocess is None:
-            preprocess = self._default_preprocess()
+            preprocess = recorded or self._default_preprocess()
         size, channels = self._inputs.size, self._inputs.channels
         if size is not None and preprocess.size != size:
             preprocess = dataclasses.replace(preprocess, size=size)
@@ -127,7 +133,7 @@ class OnnxBackend(BackendBase):
                 f"the Preprocess has {preprocess.channels} mean values. Give one mean and "
                 "std per channel."
             )
-        super().__init__(preprocess=preprocess)
+        super().__init__(preprocess=preprocess, categories=categories)
         self._sessions = Sessions(
             self._graph,
             providers=chosen,

@@ -137,7 +137,10 @@ class TorchBackend(BackendBase):
         ``optimize=False`` keeps one ONNX node per module: BatchNorm is not folded into the
         convolution before it, so the ONNX layers carry the same aliases as this backend's for
         the same values (ONNX Runtime still fuses them when it runs the whole model). The model
-        is left as it was, as during an extraction. Returns the file's path.
+        is left as it was, as during an extraction. The file's metadata records this backend's
+        preprocessing and class names (``featvis.preprocess``, ``featvis.categories``), which
+        the ONNX backend reads, so ``featvis.load(path)`` prepares images as this backend does.
+        Returns the file's path.
         """
         for needed in ("onnx", "onnxscript"):  # the dynamo exporter imports them lazily
             if importlib.util.find_spec(needed) is None:
@@ -152,6 +155,7 @@ class TorchBackend(BackendBase):
             contextlib.redirect_stdout(io.StringIO()),
         ):
             torch.onnx.export(self.model, (x,), path, dynamo=True, optimize=False)
+        _record(path, self.preprocess, self.categories)
         return path
 
     def randomized(self, layers: int, *, seed: int = 0) -> TorchBackend:
@@ -437,3 +441,20 @@ class TorchBackend(BackendBase):
                 [(s.module, s.call, s.placement, layer) for s, layer in zip(sites, layers)]
             )
         return plan
+
+
+def _record(path: Path, preprocess: Preprocess, categories: list[str] | None) -> None:
+    """Write ``preprocess`` and ``categories`` into the ONNX file's metadata (its weights, in
+    the file or beside it, are left as they are)."""
+    import onnx
+
+    from featvis._metadata import entries
+
+    model = onnx.load(path, load_external_data=False)
+    written = entries(preprocess, categories)
+    kept = [p for p in model.metadata_props if p.key not in written]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, text in written.items():
+        model.metadata_props.add(key=key, value=text)
+    onnx.save_model(model, path)

@@ -228,3 +228,60 @@ def test_compare_fails_on_a_broken_export(how: str, tmp_path: Path) -> None:
     first = "0" if how == "swapped weight" else "2"  # where the damage shows first
     assert failed and failed[0] == first, str(table)
     assert str(table).splitlines()[-1].startswith("Verdict: FAILED")
+
+
+class _Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
+def test_to_onnx_records_the_preprocessing_and_class_names(tmp_path: Path) -> None:
+    # A model trained on [-1, 1] pixels: opened without the record, the ONNX file would get
+    # ImageNet's normalization, and every map and score would silently be of other input.
+    preprocess = featvis.Preprocess(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch_backend = featvis.load(seeded(_Small), preprocess=preprocess)
+    torch_backend.categories = ["cat", "cup", "spoon"]
+    with exporting():
+        path = torch_backend.to_onnx(tmp_path / "small.onnx")  # type: ignore[attr-defined]
+    onnx_backend = featvis.load(path)
+    assert onnx_backend.preprocess == preprocess
+    assert onnx_backend.categories == ["cat", "cup", "spoon"]
+    image = np.random.default_rng(0).integers(0, 256, (20, 24, 3), np.uint8)
+    np.testing.assert_allclose(
+        onnx_backend.scores(image), torch_backend.scores(image), rtol=1e-5, atol=1e-5
+    )
+    # what the caller says wins
+    imagenet = featvis.Preprocess(size=(16, 16))
+    assert featvis.load(path, preprocess=imagenet).preprocess == imagenet
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "words"),
+    [
+        ("featvis.preprocess", "{not json", "preprocess=featvis.Preprocess"),
+        ("featvis.preprocess", '{"size": [16, 16], "mean": [0.5, 0.5], "std": [1]}', "per channel"),
+        ("featvis.categories", '["cat", 3]', "list of strings"),
+    ],
+)
+def test_a_record_that_is_not_featvis_own_is_refused(
+    key: str, text: str, words: str, tmp_path: Path
+) -> None:
+    torch_backend = featvis.load(seeded(_Small), preprocess=featvis.Preprocess(size=(16, 16)))
+    torch_backend.categories = ["cat", "cup", "spoon"]
+    with exporting():
+        path = torch_backend.to_onnx(tmp_path / "small.onnx")  # type: ignore[attr-defined]
+    model = onnx.load(path)
+    assert key in {prop.key for prop in model.metadata_props}
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = text
+    onnx.save_model(model, path)
+    with pytest.raises(featvis.ModelError, match=words):
+        featvis.load(path)
