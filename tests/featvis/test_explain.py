@@ -313,14 +313,18 @@ class _LayerPlugin:
         register(featvis.Method("flaky", flaky, description="a class per call"))
 
 
-@pytest.fixture
-def layer_plugin() -> Iterator[_LayerPlugin]:
-    plugin = _LayerPlugin()
-    pm.register(plugin, name="test-layer-methods")
+def _registered(plugin: Any, name: str) -> Iterator[Any]:
+    """``plugin`` registered for one test, unregistered after it whatever happens."""
+    pm.register(plugin, name=name)
     try:
         yield plugin
     finally:
         pm.unregister(plugin)
+
+
+@pytest.fixture
+def layer_plugin() -> Iterator[_LayerPlugin]:
+    yield from _registered(_LayerPlugin(), "test-layer-methods")
 
 
 def test_a_method_without_run_layers_is_run_once_per_layer_for_one_set_of_targets(
@@ -685,12 +689,8 @@ class _EdgePlugin:
 
 @pytest.fixture
 def edge_plugin() -> Iterator[None]:
-    plugin = _EdgePlugin()
-    pm.register(plugin, name="test-edges")
-    try:
+    for _ in _registered(_EdgePlugin(), "test-edges"):
         yield
-    finally:
-        pm.unregister(plugin)
 
 
 def test_the_builtin_methods_register_through_the_hook() -> None:
