@@ -105,6 +105,24 @@ def test_each_gradient_method_is_its_papers_formula(
     assert e.maps.shape == (3, 32, 32) and e.maps.dtype == np.float32
 
 
+def test_the_explanation_keeps_the_images_as_the_model_saw_them() -> None:
+    pictures = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.2, 0.5, 0.7), (0.3, 0.2, 0.25)  # a different normalization per channel
+    backend = tiny_cnn(preprocess=featvis.Preprocess(size=(32, 32), mean=mean, std=std))
+    e = featvis.explain(backend, list(pictures), method="eigencam")
+    assert e.images is not None and e.images.shape == (2, 32, 32, 3)
+    assert e.images.dtype == np.uint8 and e.images.flags.c_contiguous
+    assert np.abs(e.images.astype(int) - pictures).max() <= 1
+    assert e[1].images is not None and (e[1].images == e.images[1:]).all()
+    gray = ArrayBackend(
+        [Step("score", lambda x: x.mean(axis=(2, 3)))],
+        preprocess=featvis.Preprocess(size=(32, 32), mean=(0.4,), std=(0.3,)),
+    )
+    e = featvis.explain(gray, pictures[0, :, :, 0], method="occlusion", window=8)
+    assert e.images is not None and e.images.shape == (1, 32, 32, 3)
+    assert np.abs(e.images[0].astype(int) - pictures[0, :, :, :1]).max() <= 1  # each channel
+
+
 def test_the_default_target_is_the_predicted_class(
     backend: ArrayBackend, images: list[np.ndarray]
 ) -> None:
