@@ -288,8 +288,7 @@ def _onnx_rows(
     export, with the largest per-image gap to the same rows in ``ev`` (torch)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.to_onnx(Path(tmp) / "lite0.onnx")
-        onnx_backend = featvis.load(path, preprocess=backend.preprocess)
-        onnx_backend.categories = backend.categories
+        onnx_backend = featvis.load(path)  # preprocessing and class names from its metadata
         free = {k: methods[k] for k in names if k in ev.methods}
         free["gradcam (torch's maps)"] = ev.maps[REFERENCE]
         ev_onnx = featvis.evaluate(onnx_backend, images, free, progress=True, **settings)

@@ -85,7 +85,6 @@ class Lite0:
         self.xt = torch.from_numpy(self.x)
         self.classes = [int(c) for c in self.torch.scores(self.x).argmax(axis=1)]
         self.onnx = featvis.load(self.torch.to_onnx(folder / "lite0.onnx"))
-        self.onnx.categories = self.torch.categories
         self.layer = self.model._relu1
 
     def forward(self, n: int) -> Callable[[], object]:

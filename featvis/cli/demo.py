@@ -82,9 +82,8 @@ def _onnx_twin(backend: Backend, out: Path, console: Console) -> Backend:
         "file, which ONNX Runtime runs from here on (it stays there: `featvis layers "
         f"{path}` or featvis.load({str(path)!r}) open it)"
     )
-    twin = load(path, backend="onnx", preprocess=backend.preprocess)
-    twin.categories = backend.categories
-    return twin
+    # opened as the message says a user can: the file records the preprocessing and classes
+    return load(path, backend="onnx")
 
 
 def _explain_step(
