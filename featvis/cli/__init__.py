@@ -69,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Read by OpenMP when PyTorch is first imported, which the commands do later, if at all.
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse's own message, with the command's hint of what was meant
+        hint = getattr(args, "hint_unrecognized", None)
+        said = hint(extra) if hint is not None else None
+        parser.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({said})" if said else ""))
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the reports' provenance
     console = Console(quiet=args.quiet)
     try:

@@ -23,6 +23,20 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _hint(extra: list[str]) -> str | None:
+    """For ``--methods gradcam scorecam``: the names after the first were taken for images."""
+    from featvis._explain import list_methods
+
+    names = {m.name for m in list_methods()} | set(METRICS)
+    meant = [word for word in extra if word.strip(",") in names]
+    if not meant:
+        return None
+    return (
+        "--methods and --metrics take names separated by commas, with no spaces: "
+        "--methods gradcam,scorecam --metrics deletion,insertion"
+    )
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     out = check_output_file(args.output, "-o", (".html", ".htm"))
     backend = open_model(args.model, backend=args.backend)
@@ -102,4 +116,4 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", default="eval.html", metavar="OUT.html", help="the page (eval.html)"
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, hint_unrecognized=_hint)

@@ -82,6 +82,22 @@ def test_bad_input_is_one_clear_line(
     assert err.startswith("featvis: error:") and message in err
 
 
+def test_names_separated_by_spaces_are_told_to_use_commas(
+    tiny_models: None, photos: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", "tiny-eval", *photos, "--methods", "gradcam", "eigencam"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--metrics", "deletion", "insertion"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("featvis: error: unrecognized arguments: eigencam insertion")
+    assert "separated by commas" in err and "--methods gradcam,scorecam" in err
+    with pytest.raises(SystemExit):  # leftovers that are no method or metric: argparse's words
+        main(["evaluate", "tiny-eval", *photos, "--steps", "5", "6"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "featvis: error: unrecognized arguments: 6"
+
+
 def test_the_demo_report_evaluates_its_own_explanation(
     tiny_models: None, photos: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
