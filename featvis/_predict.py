@@ -6,10 +6,10 @@ import numpy as np
 
 from featvis._backend import Backend
 from featvis._capabilities import Scorer
-from featvis._errors import ArgumentError
+from featvis._errors import ArgumentError, ModelError
 from featvis._images import Images
 
-__all__ = ["probabilities", "softmax", "top_predictions"]
+__all__ = ["probabilities", "softmax", "to_probabilities", "top_predictions"]
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -17,6 +17,28 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     x = np.asarray(scores, np.float64)
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
+    """``(N, K)`` scores as class probabilities: as they are when ``kind`` is
+    ``"probabilities"``, else their softmax.
+
+    One logit per image is refused: a softmax over one class is 1 whatever the image, so every
+    probability read from it (RISE's, the metrics of :func:`featvis.evaluate`) would be 1.
+    """
+    if kind == "probabilities":
+        return np.ascontiguousarray(scores, np.float32)
+    if scores.shape[-1] == 1:
+        raise ModelError(
+            "The model gives one score per image, a logit, and a softmax over one class is 1 "
+            "whatever the image: no probability can be read from it (RISE and "
+            "featvis.evaluate work on probabilities). Wrap the model to return two scores "
+            "per image, (0, s), whose softmax is the sigmoid of s; or, if the score is a "
+            "probability already, set backend.score_kind = 'probabilities'. The methods "
+            "that use the raw score work as they are: gradcam, scorecam, ablationcam, "
+            "occlusion."
+        )
+    return softmax(scores)
 
 
 def probabilities(backend: Backend, images: Images, *, batch_size: int | None = None) -> np.ndarray:
@@ -44,7 +66,7 @@ def probabilities(backend: Backend, images: Images, *, batch_size: int | None = 
         out = backend.activations(images, last, batch_size=batch_size)
         scores = out.reshape(len(out), -1)
         already = last.kind == "prob"
-    return np.ascontiguousarray(scores, np.float32) if already else softmax(scores)
+    return to_probabilities(scores, "probabilities" if already else "logits")
 
 
 def top_predictions(backend: Backend, images: Images, k: int = 5) -> list[list[tuple[str, float]]]:

@@ -19,7 +19,7 @@ import numpy as np
 from featvis._capabilities import Scorer
 from featvis._errors import ArgumentError
 from featvis._evaluate._road import impute_many
-from featvis._predict import softmax
+from featvis._predict import to_probabilities
 from featvis._threads import available_cpus
 
 __all__ = [
@@ -41,8 +41,7 @@ SUBSTRATES = ("blur", "mean", "zeros")
 
 def probability(scorer: Scorer, batch: np.ndarray, batch_size: int | None) -> np.ndarray:
     """``(N, K)`` class probabilities of a prepared batch."""
-    scores = scorer.scores(batch, batch_size=batch_size)
-    return scores if scorer.score_kind == "probabilities" else softmax(scores)
+    return to_probabilities(scorer.scores(batch, batch_size=batch_size), scorer.score_kind)
 
 
 def substrate(image: np.ndarray, kind: str, *, sigma: float = 5.0) -> np.ndarray:

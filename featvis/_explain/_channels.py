@@ -22,6 +22,7 @@ from featvis._explain._common import (
     PERTURBATION_BATCH,
     chunks,
     distinct_images,
+    is_count,
     progress_bar,
     resize_matrix,
 )
@@ -68,11 +69,12 @@ def scorecam(req: MethodRequest) -> MethodResult:
     channels : int, optional
         Keep only the ``channels`` channels whose activations vary most (largest variance),
         as "Faster Score-CAM" does; the others are left out of the sum and of the softmax.
-        Faster in proportion, approximate (docs/explain.md measures the error).
+        Faster in proportion, approximate (docs/explain.md measures the error). When it is
+        at least the number of channels that vary, nothing is left out: the exact map.
     """
     backend, acts, scores = _setup(req)
     keep = req.options.get("channels")
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
+    if keep is not None and not is_count(keep):
         raise ArgumentError(f"channels must be a positive integer, got {keep!r}.")
     targets = req.targets.resolve(scores)
     n, c, h, w = acts.shape
@@ -86,10 +88,12 @@ def scorecam(req: MethodRequest) -> MethodResult:
     for group in groups:
         a = acts[group[0]]
         varying = np.flatnonzero(a.max(axis=(1, 2)) > a.min(axis=(1, 2)))
-        if keep is not None and keep < len(varying):
+        trimmed = keep is not None and keep < len(varying)
+        if trimmed:
             spread = a[varying].var(axis=(1, 2))
             varying = np.sort(varying[np.argsort(-spread, kind="stable")[:keep]])
-        constant = np.setdiff1d(np.arange(c), varying) if keep is None else np.array([], int)
+        # untrimmed, the constant channels stay in (one shared pass): the map is then exact
+        constant = np.array([], int) if trimmed else np.setdiff1d(np.arange(c), varying)
         plans.append((group, varying, constant))
     total = sum(len(v) + (len(k) > 0) for _, v, k in plans)
     with progress_bar(total, req.progress, "scorecam") as bar:

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bilinear_matrix", "distinct_images", "progress_bar", "resize_matrix", "upsample"]
+__all__ = [
+    "bilinear_matrix",
+    "distinct_images",
+    "is_count",
+    "progress_bar",
+    "resize_matrix",
+    "upsample",
+]
 
 #: Perturbed images per call of ``scores`` when the caller does not choose (occlusion, RISE,
 #: Score-CAM, and featvis.evaluate): small, because on a CPU the activations of a large batch
@@ -106,3 +113,9 @@ def chunks(total: int, size: int) -> Iterator[slice]:
     """Slices of ``range(total)`` of at most ``size``."""
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+def is_count(value: Any) -> bool:
+    """Whether ``value`` is a positive whole number (an int or NumPy integer, not a bool, a
+    float or a string: ``masks=2.7`` is refused rather than truncated)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)

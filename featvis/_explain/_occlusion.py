@@ -17,11 +17,12 @@ from featvis._explain._common import (
     PERTURBATION_BATCH,
     chunks,
     distinct_images,
+    is_count,
     progress_bar,
     resize_matrix,
 )
 from featvis._explain._registry import MethodRequest, MethodResult
-from featvis._predict import softmax
+from featvis._predict import to_probabilities
 
 __all__ = ["occlusion", "rise"]
 
@@ -30,17 +31,15 @@ DEFAULT_GRID = 14
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
-    pair: tuple[int, ...]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    else:
-        try:
-            pair = tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            pair = ()
-    if len(pair) != 2 or min(pair) < 1:
+    if is_count(value):
+        return int(value), int(value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(map(is_count, pair)):
         raise ArgumentError(f"{name} must be a positive integer or (height, width), got {value!r}.")
-    return pair[0], pair[1]
+    return int(pair[0]), int(pair[1])
 
 
 def windows(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> list:
@@ -105,12 +104,10 @@ def occlusion(req: MethodRequest) -> MethodResult:
     """
     backend = require(req.backend, Scorer, needed_for="method 'occlusion'")
     height, width = req.batch.shape[2:]
-    window = _pair(
-        req.options.get("window")
-        or (max(1, height // DEFAULT_GRID), max(1, width // DEFAULT_GRID)),
-        "window",
-    )
-    stride = _pair(req.options.get("stride") or window, "stride")
+    given = req.options.get("window")  # None: the default, but 0 is refused, not replaced
+    default = (max(1, height // DEFAULT_GRID), max(1, width // DEFAULT_GRID))
+    window = _pair(default if given is None else given, "window")
+    stride = _pair(window if req.options.get("stride") is None else req.options["stride"], "stride")
     baseline = float(req.options.get("baseline", 0.0))
     refine: Any = req.options.get("refine")
     if refine is not None and not 0.0 < float(refine) <= 1.0:
@@ -255,18 +252,19 @@ def rise(req: MethodRequest) -> MethodResult:
         Probability that a cell is kept (default 0.5).
     """
     backend = require(req.backend, Scorer, needed_for="method 'rise'")
-    count = int(req.options.get("masks", 2000))
-    cells = int(req.options.get("cells", 7))
-    p = float(req.options.get("p", 0.5))
-    if count < 1 or cells < 1 or not 0.0 < p < 1.0:
+    count = req.options.get("masks", 2000)
+    cells = req.options.get("cells", 7)
+    p = req.options.get("p", 0.5)
+    if not (is_count(count) and is_count(cells) and isinstance(p, (int, float)) and 0 < p < 1):
         raise ArgumentError(
-            f"RISE takes masks >= 1, cells >= 1 and 0 < p < 1; got masks={count}, cells={cells}, "
-            f"p={p}."
+            f"RISE takes whole numbers masks >= 1 and cells >= 1, and 0 < p < 1; got "
+            f"masks={count!r}, cells={cells!r}, p={p!r}."
         )
+    count, cells, p = int(count), int(cells), float(p)
     height, width = req.batch.shape[2:]
     scores = req.scores if req.scores is not None else backend.scores(req.batch)
     targets = req.targets.resolve(scores)
-    probabilities = backend.score_kind == "probabilities"
+    to_probabilities(scores[:1], backend.score_kind)  # one logit an image: refused before the work
     size = req.batch_size or PERTURBATION_BATCH
     n = len(req.batch)
     maps = np.zeros((n, height, width), np.float64)
@@ -284,7 +282,7 @@ def rise(req: MethodRequest) -> MethodResult:
             flat = masks.reshape(len(masks), -1).astype(np.float64)
             for group in groups:
                 out = backend.scores(req.batch[group[0]][None] * masks[:, None], batch_size=size)
-                probs = out if probabilities else softmax(out)
+                probs = to_probabilities(out, backend.score_kind)
                 for i in group:
                     values = probs.astype(np.float64) @ targets.weights[i]
                     maps[i] += (values @ flat).reshape(height, width)

@@ -9,6 +9,7 @@ gives, or by brute force (every channel, every window, without featvis's shortcu
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -396,6 +397,28 @@ def test_unknown_methods_options_and_layers_are_refused_before_any_work(
     assert featvis.explain(backend, images[0], method="Grad-CAM++").method == "gradcampp"
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("occlusion", {"window": 0}, "window must be a positive integer"),
+        ("occlusion", {"window": 8, "stride": 0}, "stride must be a positive integer"),
+        ("occlusion", {"window": (8, 2.5)}, "window must be a positive integer"),
+        ("occlusion", {"window": True}, "window must be a positive integer"),
+        ("rise", {"masks": 2.7}, "masks=2.7"),
+        ("rise", {"cells": 0}, "cells=0"),
+        ("rise", {"masks": "100"}, "whole numbers"),
+        ("scorecam", {"channels": True}, "channels must be a positive integer"),
+        ("scorecam", {"channels": 4.0}, "channels must be a positive integer"),
+    ],
+)
+def test_option_values_are_refused_not_replaced_or_truncated(
+    backend: ArrayBackend, images: list[np.ndarray], method: str, options: dict, message: str
+) -> None:
+    with pytest.raises(featvis.ArgumentError, match=re.escape(message)):
+        featvis.explain(backend, images[0], method=method, **options)
+    assert featvis.explain(backend, images[0], method="rise", masks=np.int64(4)).raw.shape[0] == 1
+
+
 # -- gradient-free methods -------------------------------------------------------------------
 
 
@@ -459,6 +482,11 @@ def test_scorecam_shares_one_pass_among_constant_channels(images: list[np.ndarra
     expected = _scorecam_by_hand(backend, _prepared(backend, images[:1]), "stuck", [5])
     np.testing.assert_allclose(e.raw, expected, atol=1e-5 * expected.max())
     assert e.raw.max() > 0
+    for room in (7, 16):  # channels= that leaves none of the 7 varying ones out: exact
+        every = featvis.explain(
+            backend, images[0], method="scorecam", layer="stuck", target=5, channels=room
+        )
+        np.testing.assert_array_equal(every.raw, e.raw)
 
 
 def test_scorecam_on_the_top_channels(backend: ArrayBackend, images: list[np.ndarray]) -> None:
@@ -563,6 +591,25 @@ def test_rise_is_its_formula_and_seeded(backend: ArrayBackend, images: list[np.n
     other = featvis.explain(backend, images[0], method="rise", masks=50, target=4, seed=4)
     assert not np.allclose(other.maps, e.maps)
     assert e.options["seed"] == 3
+
+
+def test_one_logit_per_image_is_refused_where_a_probability_is_needed() -> None:
+    # one score, the left half's mean: its softmax would be 1 for every image and mask
+    left = ArrayBackend([Step("score", lambda x: x[:, :1, :, :16].mean(axis=(1, 2, 3)))])
+    left.preprocess = featvis.Preprocess(size=(32, 32))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for call in (
+        lambda: featvis.explain(left, image, method="rise", masks=8),
+        lambda: featvis.probabilities(left, image),
+        lambda: featvis.evaluate(left, [image], {"flat": np.ones((1, 32, 32))}, metrics=["drop"]),
+    ):
+        with pytest.raises(featvis.ModelError, match="one score per image") as error:
+            call()
+        assert "(0, s)" in str(error.value) and "occlusion" in str(error.value)
+    occluded = featvis.explain(left, image, method="occlusion", window=8)  # the raw score
+    assert np.abs(occluded.raw[:, :, :2]).min() > 0 and np.abs(occluded.raw[:, :, 2:]).max() == 0
+    left.score_kind = "probabilities"  # a sigmoid's output, say: taken as it is
+    assert featvis.probabilities(left, image).shape == (1, 1)
 
 
 def test_rise_masks_are_smooth_shifted_grids() -> None:
