@@ -72,6 +72,17 @@ def _at_size(maps: np.ndarray, n: int, size: tuple[int, int], name: str) -> np.n
         )
     if not np.isfinite(array).all():
         raise ArgumentError(f"The maps of {name!r} hold NaN or infinite values.")
+    h, w = array.shape[1:]
+    scale_y, scale_x = size[0] / h, size[1] / w
+    # a coarser grid (a layer's, an occlusion grid) is resized to the input; one of another
+    # shape (transposed, larger, another aspect ratio by more than a cell's rounding) would be
+    # stretched into a map of something else
+    if h > size[0] or w > size[1] or abs(scale_y - scale_x) > max(scale_y, scale_x) / min(h, w):
+        raise ArgumentError(
+            f"The maps of {name!r} are {h}x{w}, which is not the input's {size[0]}x{size[1]} "
+            "or a coarser grid of the same shape; give maps of the images as the model saw "
+            "them (featvis.prepare_images), or at a layer's grid."
+        )
     return upsample(array, size)
 
 

@@ -229,6 +229,8 @@ def test_sanity_needs_a_randomizable_backend(
         ({"keep": (0.0,)}, "keep"),
         ({"methods": {"a": np.zeros((3, SIZE, SIZE))}}, r"shape \(4, H, W\)"),
         ({"methods": {"a": np.full((4, SIZE, SIZE), np.nan)}}, "NaN"),
+        ({"methods": {"a": np.ones((4, 2 * SIZE, SIZE))}}, "not the input's"),  # larger
+        ({"methods": {"a": np.ones((4, SIZE // 2, SIZE // 8))}}, "coarser grid of the same"),
         ({"methods": {"a": 3}}, "method name"),
         ({"methods": ["nosuch"]}, "nosuch"),
     ],
@@ -239,6 +241,15 @@ def test_bad_arguments_are_refused_before_any_work(
     kwargs = {"methods": {"a": _bump(7.5, 7.5)}, **kwargs}
     with pytest.raises((ArgumentError, featvis.FeatvisError), match=match):
         featvis.evaluate(quadrant, images, **kwargs)
+
+
+def test_a_coarser_map_of_the_same_shape_is_resized_to_the_input(
+    quadrant: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    fine = _bump(7.5, 7.5)[:1]
+    coarse = fine[:, 1::4, 1::4]  # a layer's grid, 4 times coarser
+    ev = featvis.evaluate(quadrant, images[:1], {"coarse": coarse}, metrics=["deletion"], steps=4)
+    assert ev.maps["coarse"].shape == (1, SIZE, SIZE)
 
 
 def test_the_evaluation_reads_as_a_table_a_page_and_a_figure(ranked: featvis.Evaluation) -> None:
