@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch rows' seed)",
     )
     parser.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
-    parser.add_argument("--metrics", nargs="*", help="only these metrics")
+    parser.add_argument(
+        "--metrics", nargs="*", help="only these metrics (with --onnx-from: of the torch rows')"
+    )
     parser.add_argument(
         "--rise-masks",
         type=int,
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         ev = _merged(_saved([Path(d) for d in args.onnx_from]))
         images = _images(len(ev), args.seed)
         backend = featvis.load_model("efficientnet_lite0")
-        settings = {**_settings(args.quick), "metrics": ev.metrics}
+        settings = {**_settings(args.quick), "metrics": args.metrics or ev.metrics}
         methods = _methods(backend, len(ev), args.quick, args.rise_masks)
         names = tuple(args.methods) if args.methods else ONNX_ROWS
         text, ev_onnx = _onnx_rows(backend, images, methods, settings, ev, names)
