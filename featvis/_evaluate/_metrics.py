@@ -148,7 +148,7 @@ def road(
     For each ``p`` of ``percentiles``: MoRF removes the pixels whose map value is at or above
     the map's ``p``-th percentile (``np.percentile``: the top ``100 - p`` %), LeRF those whose
     value is at or below its ``100 - p``-th (the bottom ``100 - p`` %, as pytorch-grad-cam's
-    ``1 - map``); removed pixels are filled by noisy linear imputation
+    ``1 - map``, but in float64, so that the map's scale does not matter); removed pixels are filled by noisy linear imputation
     (:func:`featvis._evaluate._road.impute`, noise ``noise`` in the input space). The curves
     are the target's probability at each ``p``; ROAD (combined, pytorch-grad-cam's
     ``ROADCombined``) is ``mean(LeRF - MoRF) / 2``: high is good. A mask that removes every
@@ -157,7 +157,10 @@ def road(
     """
     masks, defined = [], []
     for reverse in (False, True):
-        values = 1.0 - saliency if reverse else saliency
+        # LeRF ranks by -map in float64: pytorch-grad-cam's 1 - map (for maps in [0, 1]) in
+        # float32 merged values closer than 6e-8, so a map's scale changed which pixels tie
+        # at a cut (a map times 1e-9 was all ties: NaN)
+        values = -np.asarray(saliency, np.float64) if reverse else saliency
         for p in percentiles:
             removed = ~(values < np.percentile(values, p))
             defined.append(not removed.all())
@@ -174,11 +177,13 @@ def road(
 
 
 def unit_range(saliency: np.ndarray) -> np.ndarray:
-    """The map scaled to ``[0, 1]`` (min to 0, max to 1); a constant map becomes all ones."""
+    """The map scaled to ``[0, 1]`` (min to 0, max to 1); a constant map becomes all zeros,
+    as pytorch-grad-cam's ``scale_cam_image`` makes it: a map that marks no region keeps
+    none (all ones would keep the whole image and score the best drop there is)."""
     s = np.asarray(saliency, np.float64)
     low, high = np.nanmin(s), np.nanmax(s)
     if not high > low:
-        return np.ones(s.shape, np.float32)
+        return np.zeros(s.shape, np.float32)
     return ((s - low) / (high - low)).astype(np.float32)
 
 

@@ -125,6 +125,35 @@ def test_confidence_change_equals_grad_campp_written_out(
     np.testing.assert_array_equal(ev.values["m"]["increase"], (o > y).astype(float))
 
 
+def test_a_constant_map_keeps_no_region_as_pytorch_grad_cam_scales_it(
+    quadrant: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    # scale_cam_image makes a constant map 0: the image times it is all zeros. (All ones
+    # kept the whole image: drop 0, the best there is, for a map that marks nothing.)
+    flat = np.stack([np.zeros((SIZE, SIZE)), np.full((SIZE, SIZE), 3.0)]).astype(np.float32)
+    ev = featvis.evaluate(quadrant, images[:2], {"flat": flat}, metrics=["drop", "increase"])
+    batch = featvis.prepare_images(images[:2], quadrant.preprocess)
+    p = _probability(quadrant, batch)
+    target = p.argmax(axis=1)
+    y = p[np.arange(2), target]
+    o = _probability(quadrant, np.zeros_like(batch))[np.arange(2), target]
+    np.testing.assert_allclose(ev.values["flat"]["drop"], np.maximum(0, y - o) / y, atol=1e-6)
+    assert ev.values["flat"]["drop"].min() > 0.1
+
+
+def test_road_does_not_depend_on_the_maps_scale(
+    quadrant: ArrayBackend, images: list[np.ndarray]
+) -> None:
+    # LeRF's ranking: 1 - map in float32 tied every value of a map this small
+    maps = np.random.default_rng(5).random((2, SIZE, SIZE)).astype(np.float32)
+    runs = [
+        featvis.evaluate(quadrant, images[:2], {"m": maps * k}, metrics=["road"], seed=1)
+        for k in (np.float32(1.0), np.float32(1e-9))
+    ]
+    assert np.isfinite(runs[1].values["m"]["road"]).all()
+    np.testing.assert_array_equal(runs[0].values["m"]["road"], runs[1].values["m"]["road"])
+
+
 def test_prediction_from_the_top_of_the_map(
     quadrant: ArrayBackend, images: list[np.ndarray]
 ) -> None:
