@@ -148,8 +148,9 @@ def road(
     For each ``p`` of ``percentiles``: MoRF removes the pixels whose map value is at or above
     the map's ``p``-th percentile (``np.percentile``: the top ``100 - p`` %), LeRF those whose
     value is at or below its ``100 - p``-th (the bottom ``100 - p`` %, as pytorch-grad-cam's
-    ``1 - map``, but in float64, so that the map's scale does not matter); removed pixels are filled by noisy linear imputation
-    (:func:`featvis._evaluate._road.impute`, noise ``noise`` in the input space). The curves
+    ``1 - map``, but in float64, so that the map's scale does not matter); removed pixels are
+    filled by noisy linear imputation (:func:`featvis._evaluate._road.impute`, noise ``noise``
+    in the input space). The curves
     are the target's probability at each ``p``; ROAD (combined, pytorch-grad-cam's
     ``ROADCombined``) is ``mean(LeRF - MoRF) / 2``: high is good. A mask that removes every
     pixel (a constant map: every value is at its percentile) leaves nothing to impute from:
