@@ -12,7 +12,7 @@ import numpy as np
 from featvis._backend import Backend
 from featvis._capabilities import Scorer, require
 from featvis._errors import ArgumentError, ModelError
-from featvis._explain._common import upsample
+from featvis._explain._common import is_count, upsample
 from featvis._explain._explanation import Explanation
 from featvis._explain._registry import Method, MethodRequest, MethodResult, get_method, list_methods
 from featvis._explain._targets import Resolved, Targets, parse_targets
@@ -91,7 +91,7 @@ def stage_layers(backend: Backend, count: int = 3) -> list[Layer]:
     ArgumentError
         If ``count`` is not a positive integer, or the model has fewer grid sizes.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    if not is_count(count):
         raise ArgumentError(f"count must be a positive integer, got {count!r}.")
     # padding changes the grid without ending a stage (ONNX lists the Pad before each conv)
     layers = [
@@ -274,9 +274,9 @@ def explain(
     _check_capabilities(backend, spec)
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ArgumentError(f"noise must be a number >= 0, got {noise!r}.")
-    if not isinstance(samples, int) or samples < 1:
+    if not is_count(samples):
         raise ArgumentError(f"samples must be a positive integer, got {samples!r}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and not is_count(batch_size):
         raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     fused = isinstance(layer, (list, tuple))
     if isinstance(layer, (list, tuple)):

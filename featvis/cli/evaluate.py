@@ -28,8 +28,7 @@ def _hint(extra: list[str]) -> str | None:
     from featvis._explain import list_methods
 
     names = {m.name for m in list_methods()} | set(METRICS)
-    meant = [word for word in extra if word.strip(",") in names]
-    if not meant:
+    if not any(word.strip(",") in names for word in extra):
         return None
     return (
         "--methods and --metrics take names separated by commas, with no spaces: "
